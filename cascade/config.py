@@ -89,12 +89,31 @@ class PathsConfig(_Section):
     benchmarks_file: Path = REPO_ROOT / "BENCHMARKS.md"
 
 
+class FeatureStoreConfig(_Section):
+    project: str = Field("cascade", description="Namespace of online keys and registry entries.")
+    definitions: Path = Field(REPO_ROOT / "config" / "features.py", description="Python file holding the project's feature definitions.")
+    offline_subdir: str = Field("offline", description="Offline store root, under paths.data_dir.")
+    registry_subdir: str = Field("registry", description="Applied definitions and their versions, under paths.var_dir.")
+    materialize_chunk_rows: int = Field(50_000, description="Rows per bounded chunk when materializing (memory stays flat).")
+    online_batch_keys: int = Field(2_000, description="Keys per MGET when reading many entities online.")
+    stream_group: str = Field("featurestore-stream", description="Kafka consumer group of the streaming updater.")
+
+
 class Config(_Section):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
     grpc: GrpcConfig = GrpcConfig()
     ports: ServicePorts = ServicePorts()
     paths: PathsConfig = PathsConfig()
+    features: FeatureStoreConfig = FeatureStoreConfig()
+
+    @property
+    def offline_root(self) -> Path:
+        return self.paths.data_dir / self.features.offline_subdir
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.paths.var_dir / self.features.registry_subdir
 
 
 def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
