@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess, start_on_free_port
 
 
 def tansu_binary() -> str:
@@ -24,11 +24,14 @@ class EmbeddedKafka:
 
     def __init__(self, run_dir: Path, startup_timeout_s: float = 20.0, host: str = "127.0.0.1") -> None:
         self.host = host
-        self.port = free_port(host)
+        self.port = 0
         self.run_dir = run_dir
         self.startup_timeout_s = startup_timeout_s
-        url = f"tcp://{host}:{self.port}"
-        self._process = ManagedProcess(
+        self._process: ManagedProcess | None = None
+
+    def _process_for(self, port: int) -> ManagedProcess:
+        run_dir, url = self.run_dir, f"tcp://{self.host}:{port}"
+        return ManagedProcess(
             name="tansu",
             argv=[
                 tansu_binary(), "broker",
@@ -47,15 +50,24 @@ class EmbeddedKafka:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid
+        return self._process.pid if self._process else None
+
+    def _start_on(self, port: int) -> None:
+        self._process = self._process_for(port)
+        self._process.start()
+        process = self._process
+        # "ready" in its own log first: a bare TCP probe could reach whoever else holds the port.
+        self._process.wait_ready(
+            lambda: "ready in" in process.log_tail(50) and _accepts_connections(self.host, port),
+            self.startup_timeout_s,
+            f"TCP {self.host}:{port}",
+        )
 
     def start(self) -> "EmbeddedKafka":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._process.start()
-        self._process.wait_ready(
-            lambda: _accepts_connections(self.host, self.port), self.startup_timeout_s, f"TCP {self.bootstrap_servers}"
-        )
+        self.port = start_on_free_port(self._start_on, self.host)
         return self
 
     def stop(self) -> None:
-        self._process.stop()
+        if self._process:
+            self._process.stop()

@@ -50,6 +50,23 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+class PortInUse(RuntimeError):
+    """The server exited at start because its port was taken in the meantime."""
+
+
+def start_on_free_port(start: Callable[[int], None], host: str = "127.0.0.1", attempts: int = 5) -> int:
+    """Call start(port) with fresh free ports until it does not lose the race for one."""
+    for attempt in range(attempts):
+        port = free_port(host)
+        try:
+            start(port)
+            return port
+        except PortInUse:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class ManagedProcess:
     """One server binary started by the stack, with its log file and pid file."""
 
@@ -94,6 +111,9 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             code = self.exited()
             if code is not None:
+                self.pid_path.unlink(missing_ok=True)
+                if "in use" in self.log_tail().lower():
+                    raise PortInUse(f"{self.name}: {self.log_tail(3)}")
                 raise RuntimeError(f"{self.name} exited with code {code} before becoming ready:\n{self.log_tail()}")
             try:
                 if probe():

@@ -59,3 +59,24 @@ def test_ctrl_c_stops_servers_cleanly(tmp_path) -> None:
         assert all(_wait_gone(p, 1.0) for p in pids)
     finally:
         owner.kill()
+
+
+def test_a_taken_port_is_retried_with_another(tmp_path, monkeypatch) -> None:
+    import socket
+
+    from stack import process
+    from stack.redis_server import EmbeddedRedis
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    ports = iter([taken])
+    real_free_port = process.free_port
+    monkeypatch.setattr(process, "free_port", lambda host="127.0.0.1": next(ports, None) or real_free_port(host))
+    server = EmbeddedRedis(tmp_path).start()
+    try:
+        assert server.port != taken
+    finally:
+        server.stop()
+        blocker.close()
