@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("cascade.demo", "main", "start the stack and services, drive traffic, show what happens"),
     "bench": ("bench.harness", "main", "run a benchmark: cascade bench NAME [--quick]"),
     "stack": ("stack.cli", "main", "run the embedded Redis and Kafka servers until Ctrl-C"),
+    "data": ("featurestore.data.cli", "main", "load MovieLens-100K or generate a synthetic catalogue into the offline store"),
 }
 
 
