@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import types
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -108,6 +109,9 @@ class StreamSource:
     topic: str
     timestamp_field: str = "event_ts"
     fields: Mapping[str, str] = field(default_factory=dict)
+    # Only records whose (mapped) fields equal these values count, e.g. {"event_type": "click"};
+    # the batch source must select the same rows (its query's WHERE) so both paths agree.
+    where: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,15 @@ def _unique(owner: str, names: list[str]) -> None:
         seen.add(name)
 
 
+def _code_hash(code: types.CodeType) -> str:
+    """Bytecode, constants and names (not file or line): `.hour` -> `.minute` changes it, a move does not."""
+    digest = hashlib.sha256(code.co_code)
+    for const in code.co_consts:
+        digest.update(_code_hash(const).encode() if isinstance(const, types.CodeType) else repr(const).encode())
+    digest.update(repr((code.co_names, code.co_varnames)).encode())
+    return digest.hexdigest()
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, timedelta):
         return {"seconds": obj.total_seconds()}
@@ -304,7 +317,7 @@ def _jsonable(obj: Any) -> Any:
         return obj.value
     if callable(obj):
         code = getattr(obj, "__code__", None)
-        return {"callable": getattr(obj, "__qualname__", repr(obj)), "code": hashlib.sha256(code.co_code).hexdigest() if code else None}
+        return {"callable": getattr(obj, "__qualname__", repr(obj)), "code": _code_hash(code) if code else None}
     if isinstance(obj, Mapping):
         return {k: _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
