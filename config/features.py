@@ -118,11 +118,13 @@ item_profile = FeatureView(
 )
 
 # Live rating events arrive on the `events` topic as decoded records with
-# user_id, item_id, value (the rating) and timestamp_ms; `fields` maps the
-# batch columns onto those keys so both paths aggregate the same values.
+# user_id, item_id, type, value (the rating) and timestamp_ms; `fields` maps the
+# batch columns onto those keys so both paths aggregate the same values, and
+# `where` keeps only ratings (the batch file holds nothing else: event_type "rating").
 rating_events = StreamSource(
     topic="events",
-    fields={"user_id": "user_id", "item_id": "item_id", "rating": "value", "event_ts": "timestamp_ms"},
+    fields={"user_id": "user_id", "item_id": "item_id", "rating": "value", "event_ts": "timestamp_ms", "event_type": "type"},
+    where={"event_type": "rating"},
 )
 ratings = ParquetSource("movielens/ratings.parquet")
 
@@ -199,12 +201,15 @@ syn_item_profile = FeatureView(
     description="Synthetic catalogue items.",
 )
 
-# Clicks only. There is no event-type filter for stream sources yet, so these
-# two views are batch-only (fresh as of the last materialization); once
-# StreamSource can filter on event_type, add `stream=` as for MovieLens.
+# Clicks only, in batch (the query's WHERE) and in streaming (`where`) alike.
 clicks = SqlSource(
     "SELECT user_id, item_id, value, event_ts "
     "FROM read_parquet('{root}/synthetic/events.parquet') WHERE event_type = 'click'"
+)
+click_events = StreamSource(
+    topic="events",
+    fields={"user_id": "user_id", "item_id": "item_id", "value": "value", "event_ts": "timestamp_ms", "event_type": "type"},
+    where={"event_type": "click"},
 )
 
 syn_user_activity = WindowedFeatureView(
@@ -216,6 +221,7 @@ syn_user_activity = WindowedFeatureView(
         Aggregation(AggregationFunction.LAST_N, (30 * DAY,), column="item_id", n=50, dtype=ValueType.INT64_LIST),  # item_id_last50_30d
     ),
     tile=TILE,
+    stream=click_events,
     description="What a synthetic user clicked recently.",
 )
 
@@ -225,6 +231,7 @@ syn_item_popularity = WindowedFeatureView(
     source=clicks,
     aggregations=(Aggregation(AggregationFunction.COUNT, WINDOWS, name="click_count"),),
     tile=TILE,
+    stream=click_events,
     description="How often a synthetic item was clicked recently.",
 )
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/cascade/v1/events.proto\x12\ncascade.v1\"\x9b\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x35\n\nproperties\x18\x08 \x03(\x0b\x32!.cascade.v1.Event.PropertiesEntry\x12\x16\n\x0ereceived_at_ms\x18\t \x01(\x03\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x10LogEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.cascade.v1.Event\"D\n\x11LogEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05*\xd9\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x01\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x02\x12\x14\n\x10\x45VENT_TYPE_SHARE\x10\x03\x12\x14\n\x10\x45VENT_TYPE_DWELL\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_HIDE\x10\x05\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x06\x12\x16\n\x12\x45VENT_TYPE_COMMENT\x10\x07\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x08\x32X\n\x0c\x45ventService\x12H\n\tLogEvents\x12\x1c.cascade.v1.LogEventsRequest\x1a\x1d.cascade.v1.LogEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/cascade/v1/events.proto\x12\ncascade.v1\"\x9b\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x35\n\nproperties\x18\x08 \x03(\x0b\x32!.cascade.v1.Event.PropertiesEntry\x12\x16\n\x0ereceived_at_ms\x18\t \x01(\x03\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x10LogEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.cascade.v1.Event\"D\n\x11LogEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05*\xf0\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x01\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x02\x12\x14\n\x10\x45VENT_TYPE_SHARE\x10\x03\x12\x14\n\x10\x45VENT_TYPE_DWELL\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_HIDE\x10\x05\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x06\x12\x16\n\x12\x45VENT_TYPE_COMMENT\x10\x07\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x08\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\t2X\n\x0c\x45ventService\x12H\n\tLogEvents\x12\x1c.cascade.v1.LogEventsRequest\x1a\x1d.cascade.v1.LogEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT_PROPERTIESENTRY']._loaded_options = None
   _globals['_EVENT_PROPERTIESENTRY']._serialized_options = b'8\001'
   _globals['_EVENTTYPE']._serialized_start=457
-  _globals['_EVENTTYPE']._serialized_end=674
+  _globals['_EVENTTYPE']._serialized_end=697
   _globals['_EVENT']._serialized_start=46
   _globals['_EVENT']._serialized_end=329
   _globals['_EVENT_PROPERTIESENTRY']._serialized_start=280
@@ -43,6 +43,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGEVENTSREQUEST']._serialized_end=384
   _globals['_LOGEVENTSRESPONSE']._serialized_start=386
   _globals['_LOGEVENTSRESPONSE']._serialized_end=454
-  _globals['_EVENTSERVICE']._serialized_start=676
-  _globals['_EVENTSERVICE']._serialized_end=764
+  _globals['_EVENTSERVICE']._serialized_start=699
+  _globals['_EVENTSERVICE']._serialized_end=787
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PURCHASE: _ClassVar[EventType]
     EVENT_TYPE_COMMENT: _ClassVar[EventType]
     EVENT_TYPE_VIEW: _ClassVar[EventType]
+    EVENT_TYPE_RATING: _ClassVar[EventType]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_CLICK: EventType
 EVENT_TYPE_LIKE: EventType
@@ -27,6 +28,7 @@ EVENT_TYPE_HIDE: EventType
 EVENT_TYPE_PURCHASE: EventType
 EVENT_TYPE_COMMENT: EventType
 EVENT_TYPE_VIEW: EventType
+EVENT_TYPE_RATING: EventType
 
 class Event(_message.Message):
     __slots__ = ("event_id", "type", "user_id", "item_id", "request_id", "timestamp_ms", "value", "properties", "received_at_ms")
