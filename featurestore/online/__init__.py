@@ -1,0 +1,81 @@
+"""Online feature store: typed rows and window tiles in Redis, read in bulk, written idempotently.
+
+Layout, chosen by measurement
+-----------------------------
+Three layouts were compared on the embedded valkey-server 8.1 (2-core machine,
+client and server sharing it), 10,000 entities x 20 FLOAT64 features, reads of
+1,000 random entities decoded into 20 numpy columns, all three through redis-py
+(`bench/online_features.py: compare_layouts`, re-run by every full bench; two
+runs, the second with other jobs on the machine)::
+
+                                               read p50     read p99     idempotent write
+    (a) hash per entity, field per feature     13.5-14.7 ms  195-282 ms   44-51k rows/s
+        (Feast's layout; raw 8-byte values, no protobuf: kinder than Feast)
+    (b) string per (view, entity), packed row,  1.08-1.10 ms 1.37-1.55 ms  351-365k rows/s
+        one MGET
+    (c) hash per entity, packed field per view  5.7 ms       184-276 ms   237-277k rows/s
+
+(a) and (c) need one command per entity (pipelined HMGET / HGET: 1,000 replies
+to parse, and (a) 21,000 values), and their p99 is Python's garbage collector
+walking those reply objects. (b) is one MGET returning 1,000 bulk strings that
+decode with one `np.frombuffer`. **Chosen: (b).**
+
+Writes stay idempotent with a server-side compare: the row's event_ts is its
+first 8 bytes (big-endian), and a Lua script (`scripts.SET_IF_NEWER`) MGETs the
+stored rows, keeps those whose stored event_ts is newer (or equal and
+identical), and MSETs the rest, 1,000 rows per EVALSHA, every call of a batch
+pipelined. Measured for (b), overwriting 10,000 rows (same two runs):
+
+    Lua, 1,000 rows per call           225-256k rows/s   (chosen: atomic per call)
+    Lua, one call per row              128-137k rows/s
+    client MGET + compare + MSET       275-298k rows/s   (not atomic: a newer row written
+                                                          between read and MSET is lost)
+    raw MSET, no compare (ceiling)     563-614k rows/s
+
+The client-side compare is ~20% faster but can overwrite a concurrent newer row
+(materialization racing the streaming path or a second materializer), so the
+atomic script wins. The store also sends its pipelines itself (hiredis-packed,
+four commands per socket write, replies read at the end): the server starts on
+the first calls while the rest are packed, which took the script path from
+~340k to ~510k rows/s for 50k-row batches.
+
+Keys (`layout`): ``{project}:{view}:{storage version}:{entity}``, the entity's
+join-key values encoded deterministically (composite keys joined by ``|``,
+escaped). No hash tags, so in a Redis Cluster keys spread over all slots; the
+store groups multi-key commands per slot (one MGET per slot, one script call per
+slot group), all in one cluster pipeline.
+
+Codec (`codec`): a fixed per-view schema, encoded once per row at write
+(vectorized from Arrow), decoded in bulk: 1,000 rows x 20 features in about
+0.05 ms. Explicit NULLs are kept in a null bitmap (served as None, status
+NULL_VALUE), never replaced by the default; a missing entity gets the
+feature's default (NOT_FOUND); a row older than the view's ttl at `now` gets the
+default too (OUTSIDE_MAX_AGE) — TTL is enforced on read.
+
+Windowed views (`TileCodec`): per entity one value holding a ring of
+(longest window / tile + 1) tiles (count, per column sum and non-null count,
+last-n values with timestamps): bounded memory. Batch tile writes overwrite
+slots (`write_tiles`, materialization), streaming events add to them
+(`add_to_tiles` / `add_events`, one Lua call per entity, pipelined). A read at
+`now` sums the tiles with ``tile_start(now) - window + tile <= tile_start <=
+tile_start(now)``, as the offline definition (`featurestore.offline.windows`:
+sum 0.0 and mean NULL without values, last-n most recent first). Cost grows
+with the ring: for a 7-day window of 1-hour tiles (169 slots, 5.4 KB numeric
+per entity) one entity reads in ~0.4 ms, 1,000 entities in ~19 ms (counts and
+means) or ~35 ms with a last-20 list; coarser tiles shrink it proportionally.
+
+Measured end to end (`bench/online_features.py`, `bench/materialize.py`, full
+runs): a 1,000-entity x 20-feature read p50 1.37-1.58 ms, p99 1.83-2.23 ms
+(raw MGET of the same number of keys, no decoding: p50 1.07-1.19, p99
+1.51-1.76 ms), 0.75-0.85 of the raw MGET's values/s; 1.0 ms / 1.2 ms on a quiet
+machine (quick run). Of the client's ~0.4 ms: key building ~0.2 ms, decode and
+result ~0.2 ms. Materialization 274-355k entity rows/s (Feast: 100k rows in
+19 s, 5k rows/s), memory flat (peak RSS +50-70 MB for 0.2M or 1M rows).
+"""
+
+from featurestore.online.codec import RowCodec, TileCodec
+from featurestore.online.layout import encode_entity, key_prefix, view_version
+from featurestore.online.store import FeatureStatus, OnlineResult, OnlineStore, ReadPlan
+
+__all__ = ["FeatureStatus", "OnlineResult", "OnlineStore", "ReadPlan", "RowCodec", "TileCodec",
+           "encode_entity", "key_prefix", "view_version"]

@@ -1,0 +1,762 @@
+"""The online store: batched typed reads, idempotent pipelined writes, window tiles.
+
+See `featurestore.online` for the layout measurements behind the design.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import redis
+
+try:
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
+    _pack_command = None
+
+from featurestore.definitions import (
+    AggregationFunction,
+    Feature,
+    FeatureSet,
+    FeatureView,
+    ValueType,
+    WindowedFeatureView,
+    parse_ref,
+)
+from featurestore.online import scripts
+from featurestore.online.codec import (
+    RowCodec,
+    TileCodec,
+    column,
+    from_micros,
+    td_micros,
+    timestamps_us,
+    to_micros,
+)
+from featurestore.online.layout import arrow_entity_keys, entity_keys, key_prefix, view_version, watermark_key
+
+OnlineView = FeatureView | WindowedFeatureView
+
+_SEND_GROUP = 4  # commands packed and sent together by OnlineStore._send
+SCRIPT_ROWS = 1000  # rows per SET_IF_NEWER call (Lua's unpack() limit is ~8,000 values)
+TILE_SCRIPT_ARGS = 3000  # ARGV values per PUT_TILES call
+_NAT = np.iinfo(np.int64).min
+
+
+_EMPTY_WINDOW: dict[AggregationFunction, Any] = {
+    AggregationFunction.COUNT: 0,
+    AggregationFunction.SUM: 0.0,
+    AggregationFunction.MEAN: None,
+    AggregationFunction.LAST_N: [],
+}
+
+
+class FeatureStatus(enum.IntEnum):
+    """Per-value status, as Feast's (plus DEFAULTED)."""
+
+    INVALID = 0
+    PRESENT = 1  # the stored value
+    NULL_VALUE = 2  # a NULL was stored (served as None / NaN, never the default)
+    NOT_FOUND = 3  # no row for the entity: the feature's default is served
+    OUTSIDE_MAX_AGE = 4  # the row is older than the view's ttl: the default is served
+    DEFAULTED = 5  # windowed view: the entity has state but no event in this window: the empty-window value
+
+
+_STATUS_NAMES = {s.value: s for s in FeatureStatus}
+
+
+@dataclass
+class _ViewInfo:
+    view: OnlineView
+    prefix: str
+    windowed: bool
+    codec: RowCodec | None
+    tiles: TileCodec | None
+    features: tuple[Feature, ...]
+    index: dict[str, int]
+    ttl_us: int | None
+
+
+@dataclass(frozen=True)
+class _ViewRead:
+    info: _ViewInfo
+    positions: tuple[int, ...]  # feature positions within the view
+    offset: int  # first output column
+
+
+@dataclass(frozen=True, eq=False)
+class ReadPlan:
+    """Resolved (view, features) pairs: build once with `OnlineStore.plan`, pass to `read` per request."""
+
+    reads: tuple[_ViewRead, ...]
+    refs: tuple[str, ...]  # output columns, "view:feature"
+    features: tuple[Feature, ...]
+
+    @functools.cached_property
+    def index(self) -> tuple[dict[str, int], dict[str, int]]:
+        """({"view:feature": column}, {"feature": column, or -1 when ambiguous})."""
+        bare: dict[str, int] = {}
+        for i, r in enumerate(self.refs):
+            name = r.partition(":")[2]
+            bare[name] = -1 if name in bare else i
+        return {r: i for i, r in enumerate(self.refs)}, bare
+
+
+class OnlineResult:
+    """Features of many entities: columns plus a status per value (rows = entities, in request order).
+
+    `column(name)` gives a numpy array for FLOAT64 (NaN where None), INT64 (0 where
+    None), BOOL (False where None) and FLOAT_LIST with a `dim` (2-D, NaN rows where
+    None); a list for STRING, STRING_LIST and variable-length lists (numpy arrays).
+    `valid(name)` tells where the value is not None. `to_rows()` gives plain Python.
+    """
+
+    def __init__(self, entity_keys: Sequence[Any], refs: Sequence[str], features: Sequence[Feature],
+                 columns: list[Any], status: np.ndarray, event_ts: dict[str, np.ndarray],
+                 index: tuple[dict[str, int], dict[str, int]] | None = None) -> None:
+        self.entity_keys = entity_keys
+        self.refs = tuple(refs)
+        self.features = tuple(features)
+        self.status = status
+        self.event_ts = event_ts  # view name -> datetime64[us] (NaT where no row)
+        self._columns = columns
+        if index is None:
+            index = ReadPlan((), self.refs, self.features).index
+        self._pos, self._bare = index
+
+    def __len__(self) -> int:
+        return len(self.entity_keys)
+
+    def _index(self, name: str) -> int:
+        if name in self._pos:
+            return self._pos[name]
+        i = self._bare.get(name)
+        if i is None:
+            raise KeyError(f"no feature {name!r} in this result; have {list(self.refs)}")
+        if i < 0:
+            raise KeyError(f"feature name {name!r} is ambiguous; use 'view:feature'")
+        return i
+
+    def column(self, name: str) -> Any:
+        """Values of one feature ('view:feature', or the bare name when unambiguous)."""
+        return self._columns[self._index(name)]
+
+    def statuses(self, name: str) -> np.ndarray:
+        return self.status[:, self._index(name)]
+
+    def valid(self, name: str) -> np.ndarray:
+        """True where the served value is not None."""
+        i = self._index(name)
+        st = self.status[:, i]
+        if self.features[i].default is None:
+            return st == FeatureStatus.PRESENT
+        return st != FeatureStatus.NULL_VALUE
+
+    def values(self, name: str) -> list[Any]:
+        """One feature as plain Python values (None for nulls)."""
+        i = self._index(name)
+        f, col, st = self.features[i], self._columns[i], self.status[:, i]
+        out = col.tolist() if isinstance(col, np.ndarray) else [v.tolist() if isinstance(v, np.ndarray) else v for v in col]
+        none = ~self.valid(name)
+        if none.any():
+            for r in np.flatnonzero(none).tolist():
+                out[r] = None
+        if isinstance(f.default, list):
+            defaulted = (st != FeatureStatus.PRESENT) & (st != FeatureStatus.NULL_VALUE)
+            for r in np.flatnonzero(defaulted).tolist():
+                out[r] = list(f.default)
+        return out
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One dict per entity: {"view:feature": value}."""
+        rows: list[dict[str, Any]] = [{} for _ in range(len(self))]
+        for ref in self.refs:
+            for row, v in zip(rows, self.values(ref)):
+                row[ref] = v
+        return rows
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {ref: self.values(ref) for ref in self.refs}
+
+    def status_names(self) -> list[dict[str, str]]:
+        return [{ref: _STATUS_NAMES[int(s)].name for ref, s in zip(self.refs, row)} for row in self.status.tolist()]
+
+
+def _default_column(f: Feature, n: int) -> Any:
+    d = f.default
+    if f.dtype is ValueType.FLOAT64:
+        return np.full(n, np.nan if d is None else float(d))
+    if f.dtype is ValueType.INT64:
+        return np.full(n, 0 if d is None else int(d), dtype=np.int64)
+    if f.dtype is ValueType.BOOL:
+        return np.full(n, bool(d) if d is not None else False)
+    if f.dtype is ValueType.FLOAT_LIST and f.dim is not None:
+        out = np.empty((n, f.dim))
+        out[:] = np.nan if d is None else np.asarray(d, dtype=np.float64)
+        return out
+    return [d] * n
+
+
+def _null_fill(f: Feature) -> Any:
+    if f.dtype is ValueType.FLOAT64:
+        return np.nan
+    if f.dtype is ValueType.INT64:
+        return 0
+    if f.dtype is ValueType.BOOL:
+        return False
+    if f.dtype is ValueType.FLOAT_LIST and f.dim is not None:
+        return np.nan
+    return None
+
+
+def _default_fill(f: Feature) -> Any:
+    if f.default is None:
+        return _null_fill(f)
+    if f.dtype is ValueType.FLOAT_LIST and f.dim is not None:
+        return np.asarray(f.default, dtype=np.float64)
+    return f.default
+
+
+class OnlineStore:
+    """Typed feature rows and window tiles in Redis (single server or cluster), per project.
+
+    Definitions are resolved once per view object (codec, key prefix, version) and
+    cached; a request does key building, one pipelined round trip, and bulk numpy
+    decoding.
+    """
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster, project: str, batch_keys: int = 2000) -> None:
+        self.client = client
+        self.project = project
+        self.batch_keys = batch_keys
+        self.cluster = isinstance(client, redis.RedisCluster)
+        if client.get_encoder().decode_responses:
+            raise ValueError("the online store needs a client with decode_responses=False (rows are binary)")
+        self._infos: dict[int, _ViewInfo] = {}
+        self._plans: dict[Any, ReadPlan] = {}
+        self._sha: dict[str, str] = {}
+
+    @classmethod
+    def from_config(cls, client: redis.Redis | redis.RedisCluster, config: Any) -> "OnlineStore":
+        return cls(client, config.features.project, config.features.online_batch_keys)
+
+    # ------------------------------------------------------------- definitions
+    def info(self, view: OnlineView) -> _ViewInfo:
+        hit = self._infos.get(id(view))
+        if hit is not None and hit.view is view:
+            return hit
+        if isinstance(view, WindowedFeatureView):
+            tiles = TileCodec(view)
+            # Served for an entity with no events in the window (or none at all): what the offline
+            # definition gives then (featurestore.offline.windows): count 0, sum 0.0, mean NULL, last-n [].
+            feats = tuple(Feature(f.name, f.dtype, default=_EMPTY_WINDOW[o.function], description=f.description)
+                          for f, o in zip(view.features, tiles.outputs))
+            info = _ViewInfo(view, key_prefix(self.project, view), True, None, tiles, feats,
+                             {f.name: i for i, f in enumerate(feats)}, None)
+        elif isinstance(view, FeatureView):
+            codec = RowCodec(view.features)
+            info = _ViewInfo(view, key_prefix(self.project, view), False, codec, None, view.features, codec.index,
+                             td_micros(view.ttl) if view.ttl is not None else None)
+        else:
+            raise TypeError(f"{type(view).__name__} {getattr(view, 'name', view)!r} has no online storage")
+        self._infos[id(view)] = info
+        return info
+
+    def plan(self, views_and_features: Any) -> ReadPlan:
+        """Resolve what to read: a view (all its features), (view, [names]), {view: [names]|None}, a list of those."""
+        if isinstance(views_and_features, ReadPlan):
+            return views_and_features
+        try:
+            hit = self._plans.get(views_and_features)
+        except TypeError:
+            hit = None
+        if hit is not None:
+            return hit
+        items: list[tuple[OnlineView, Sequence[str] | None]] = []
+        if isinstance(views_and_features, (FeatureView, WindowedFeatureView)):
+            items.append((views_and_features, None))
+        elif isinstance(views_and_features, Mapping):
+            items.extend(views_and_features.items())
+        elif isinstance(views_and_features, tuple) and len(views_and_features) == 2 and isinstance(
+                views_and_features[0], (FeatureView, WindowedFeatureView)) and not isinstance(
+                views_and_features[1], (FeatureView, WindowedFeatureView)):
+            items.append(views_and_features)
+        else:
+            for item in views_and_features:
+                items.append((item, None) if isinstance(item, (FeatureView, WindowedFeatureView)) else tuple(item))
+        reads, refs, feats = [], [], []
+        for view, names in items:
+            info = self.info(view)
+            names = list(names) if names is not None else [f.name for f in info.features]
+            try:
+                positions = tuple(info.index[n] for n in names)
+            except KeyError as exc:
+                raise KeyError(f"view {view.name!r} has no feature {exc.args[0]!r}") from None
+            reads.append(_ViewRead(info, positions, len(refs)))
+            refs.extend(f"{view.name}:{n}" for n in names)
+            feats.extend(info.features[p] for p in positions)
+        plan = ReadPlan(tuple(reads), tuple(refs), tuple(feats))
+        try:
+            if len(self._plans) < 256:
+                self._plans[views_and_features] = plan
+        except TypeError:
+            pass
+        return plan
+
+    def plan_feature_set(self, feature_set: FeatureSet, views: Mapping[str, OnlineView]) -> ReadPlan:
+        """A plan for a FeatureSet's "view:feature" / "view:*" references."""
+        wanted: dict[str, list[str] | None] = {}
+        for ref in feature_set.features:
+            vname, fname = parse_ref(ref)
+            if vname not in views:
+                raise KeyError(f"feature set {feature_set.name!r}: unknown view {vname!r}")
+            if fname == "*":
+                wanted[vname] = None
+            elif wanted.get(vname, []) is not None:
+                wanted.setdefault(vname, []).append(fname)
+        return self.plan([(views[v], names) for v, names in wanted.items()])
+
+    # ------------------------------------------------------------------- read
+    def read(self, views_and_features: Any, entity_keys: Sequence[Any] | Mapping[str, Sequence[Any]],
+             now: datetime | None = None) -> OnlineResult:
+        """Features of many entities in one pipelined round trip (MGET per view, chunked).
+
+        `entity_keys`: scalars or tuples (composite keys), the same entities for
+        every view; or {join_key: values} columns, from which each view takes its
+        own join keys. `now` (default: the current time) decides TTL expiry and
+        which tiles fall inside a window.
+        """
+        plan = self.plan(views_and_features)
+        now_us = to_micros(now) if now is not None else to_micros(datetime.now(timezone.utc))
+        if isinstance(entity_keys, Mapping):
+            n = len(next(iter(entity_keys.values()))) if entity_keys else 0
+        else:
+            n = len(entity_keys)
+        keys_per_view = [self._keys(r.info, entity_keys) for r in plan.reads]
+        raws = self._mget_many(keys_per_view)
+        status = np.full((n, len(plan.refs)), FeatureStatus.NOT_FOUND, dtype=np.uint8)
+        columns: list[Any] = [None] * len(plan.refs)
+        event_ts: dict[str, np.ndarray] = {}
+        for r, raw in zip(plan.reads, raws):
+            if r.info.windowed:
+                self._fill_windowed(r, raw, now_us, status, columns, event_ts)
+            else:
+                self._fill_rows(r, raw, now_us, status, columns, event_ts)
+        keys_out = entity_keys if not isinstance(entity_keys, Mapping) else list(zip(*entity_keys.values()))
+        return OnlineResult(keys_out, plan.refs, plan.features, columns, status, event_ts, plan.index)
+
+    def _keys(self, info: _ViewInfo, entities: Any) -> list[str]:
+        join_keys = info.view.join_keys
+        if isinstance(entities, Mapping):
+            try:
+                cols = [entities[k] for k in join_keys]
+            except KeyError as exc:
+                raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
+            values = cols[0] if len(cols) == 1 else list(zip(*cols))
+            return entity_keys(info.prefix, values, len(join_keys))
+        return entity_keys(info.prefix, entities, len(join_keys))
+
+    def _mget_many(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
+        if self.cluster:
+            return self._mget_cluster(keys_per_view)
+        step = self.batch_keys
+        chunks = [(v, keys[i: i + step]) for v, keys in enumerate(keys_per_view) for i in range(0, len(keys), step)]
+        results = self._send([("MGET", *ck) for _, ck in chunks]) if chunks else []
+        for res in results:
+            if isinstance(res, Exception):
+                raise res
+        out: list[list[bytes | None]] = [[] for _ in keys_per_view]
+        for (v, _), res in zip(chunks, results):
+            if out[v]:
+                out[v].extend(res)
+            else:
+                out[v] = res
+        return out
+
+    def _send(self, commands: list[tuple[Any, ...]], retry: bool = True) -> list[Any]:
+        """Single server: all commands in one write on one pooled connection, then their replies (errors as values).
+
+        This is a pipeline without redis-py's per-argument Python packing (hiredis
+        packs in C), which is most of the client's cost for 1,000-key MGETs and
+        1,000-row script calls. With `retry` (commands safe to repeat: reads and the
+        compare-and-write scripts) a dropped connection is retried once on a fresh one.
+        """
+        if _pack_command is None:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in commands:
+                pipe.execute_command(*cmd)
+            return pipe.execute(raise_on_error=False)
+        pool = self.client.connection_pool
+        for attempt in (0, 1):
+            conn = pool.get_connection()
+            try:
+                # Pack and send a few commands at a time: the server starts on the first ones while the
+                # rest are packed (replies are read at the end; Redis buffers them, it never blocks).
+                for i in range(0, len(commands), _SEND_GROUP):
+                    conn.send_packed_command([b"".join(map(_pack_command, commands[i: i + _SEND_GROUP]))])
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.exceptions.ResponseError as exc:  # the error reply was consumed: still in sync
+                        replies.append(exc)
+                return replies
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                conn.disconnect()
+                if attempt or not retry:
+                    raise
+            except BaseException:
+                conn.disconnect()  # replies may be left unread: never reuse this connection
+                raise
+            finally:
+                pool.release(conn)
+        raise AssertionError("unreachable")
+
+    def _mget_cluster(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
+        """As `mget_nonatomic` (one MGET per hash slot), but every view's keys in one cluster pipeline."""
+        keyslot = self.client.keyslot
+        groups: dict[int, tuple[list[str], list[tuple[int, int]]]] = {}
+        for v, keys in enumerate(keys_per_view):
+            for i, k in enumerate(keys):
+                g = groups.get(slot := keyslot(k))
+                if g is None:
+                    g = groups[slot] = ([], [])
+                g[0].append(k)
+                g[1].append((v, i))
+        out: list[list[bytes | None]] = [[None] * len(keys) for keys in keys_per_view]
+        if not groups:
+            return out
+        pipe = self.client.pipeline()
+        for keys, _ in groups.values():
+            pipe.execute_command("MGET", *keys)
+        for (_, where), values in zip(groups.values(), pipe.execute()):
+            for (v, i), value in zip(where, values):
+                out[v][i] = value
+        return out
+
+    def _fill_rows(self, r: _ViewRead, raw: list[bytes | None], now_us: int, status: np.ndarray,
+                   columns: list[Any], event_ts: dict[str, np.ndarray]) -> None:
+        info, n, k = r.info, len(raw), len(r.positions)
+        dec = info.codec.decode(raw, r.positions)
+        p = dec.present
+        all_present = len(p) == n
+        stale = None
+        if info.ttl_us is not None and len(p):
+            stale = dec.event_ts < now_us - info.ttl_us
+            if not stale.any():
+                stale = None
+        if dec.nulls is None and stale is None:
+            st = None  # every found value is PRESENT
+            if all_present:
+                status[:, r.offset: r.offset + k] = FeatureStatus.PRESENT
+            else:
+                status[p, r.offset: r.offset + k] = FeatureStatus.PRESENT
+        else:
+            st = np.full((len(p), k), FeatureStatus.PRESENT, dtype=np.uint8)
+            if dec.nulls is not None:
+                st[dec.nulls] = FeatureStatus.NULL_VALUE
+            if stale is not None:
+                st[stale] = FeatureStatus.OUTSIDE_MAX_AGE
+            status[p, r.offset: r.offset + k] = st
+        for j, pos in enumerate(r.positions):
+            f = info.features[pos]
+            vals = dec.values[j]
+            if isinstance(vals, np.ndarray):
+                if all_present and st is None:
+                    col = vals
+                else:
+                    col = _default_column(f, n)
+                    col[p] = vals
+                    if st is not None:
+                        sj = st[:, j]
+                        nulls = p[sj == FeatureStatus.NULL_VALUE]
+                        if len(nulls):
+                            col[nulls] = _null_fill(f)
+                        old = p[sj == FeatureStatus.OUTSIDE_MAX_AGE]
+                        if len(old):
+                            col[old] = _default_fill(f)
+            else:
+                col = [f.default] * n
+                if st is None:
+                    for i, v in zip(p.tolist(), vals):
+                        col[i] = v
+                else:
+                    for i, v, s in zip(p.tolist(), vals, st[:, j].tolist()):
+                        col[i] = v if s == FeatureStatus.PRESENT else (None if s == FeatureStatus.NULL_VALUE else f.default)
+            columns[r.offset + j] = col
+        if all_present:
+            ts = dec.event_ts
+        else:
+            ts = np.full(n, _NAT, dtype=np.int64)
+            ts[p] = dec.event_ts
+        event_ts[info.view.name] = ts.view("datetime64[us]")
+
+    def _fill_windowed(self, r: _ViewRead, raw: list[bytes | None], now_us: int, status: np.ndarray,
+                       columns: list[Any], event_ts: dict[str, np.ndarray]) -> None:
+        info, tc, n = r.info, r.info.tiles, len(raw)
+        present = [i for i, v in enumerate(raw) if v is not None]
+        rows = [raw[i] for i in present]
+        p = np.asarray(present, dtype=np.int64)
+        slots = tc.decode_numeric(rows)  # (P, ring)
+        big = tc.ring - 1
+        cur = now_us // tc.tile_us
+        chron = np.arange(cur - big + 1, cur + 1, dtype=np.int64)  # oldest .. current tile
+        first = int(chron[0] % tc.ring) if big else 0
+        ordered_cache: dict[str, np.ndarray] = {}
+
+        def ordered(name: str) -> np.ndarray:  # one field of the ring, rotated into time order: (P, big)
+            got = ordered_cache.get(name)
+            if got is None:
+                f = slots[name]
+                got = ordered_cache[name] = np.concatenate([f[:, first:], f[:, :first]], axis=1)[:, :big]
+            return got
+
+        valid = ordered("tile") == chron[None, :]
+        # Event counts over the newest k tiles, for every k at once (integer: order does not matter).
+        counts_newest_first = np.cumsum((ordered("count") * valid)[:, ::-1], axis=1)
+        sum_idx = {c: i for i, c in enumerate(tc.sum_columns)}
+        last_idx = {c: i for i, c in enumerate(tc.last_columns)}
+        last_table = None
+        sums_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        for j, pos in enumerate(r.positions):
+            f = info.features[pos]
+            out = tc.outputs[pos]
+            k = out.tiles
+            cnt = counts_newest_first[:, k - 1] if k else np.zeros(len(p), dtype=np.int64)
+            st = np.where(cnt > 0, np.uint8(FeatureStatus.PRESENT), np.uint8(FeatureStatus.DEFAULTED))
+            if out.function is AggregationFunction.COUNT:
+                col = np.zeros(n, dtype=np.int64)
+                col[p] = cnt
+            elif out.function in (AggregationFunction.SUM, AggregationFunction.MEAN):
+                si = sum_idx[out.column]
+                hit = sums_cache.get((si, k))
+                if hit is None:
+                    # float sums tile by tile, oldest first (cumsum is sequential), as the offline tiles are summed
+                    sums = np.where(valid, ordered(f"s{si}"), 0.0)[:, big - k:]  # where: a stale NaN must not leak
+                    total = np.cumsum(sums, axis=1)[:, -1] if k else np.zeros(len(p))
+                    nn = (ordered(f"n{si}") * valid)[:, big - k:].sum(axis=1)
+                    hit = sums_cache[(si, k)] = (total, nn)
+                total, nn = hit
+                col = _default_column(f, n)
+                if out.function is AggregationFunction.SUM:  # a sum of no values is 0.0, as offline
+                    col[p] = total
+                else:  # a mean of no values is NULL
+                    st[(cnt > 0) & (nn == 0)] = FeatureStatus.NULL_VALUE
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        col[p] = np.where(nn > 0, total / np.maximum(nn, 1), np.nan)
+            else:  # LAST_N
+                li = last_idx[out.column]
+                col = [list(f.default) if isinstance(f.default, list) else f.default for _ in range(n)]
+                if last_table is None:
+                    last_table = tc.last_table(rows)
+                slots_k = chron[big - k:] % tc.ring
+                found = tc.last_n(rows, last_table, slots_k, valid[:, big - k:], li, out.n, np.flatnonzero(cnt).tolist())
+                for row_i, values in found.items():
+                    col[present[row_i]] = values
+            status[p, r.offset + j] = st
+            columns[r.offset + j] = col
+        newest = np.where(valid, chron[None, :], _NAT).max(axis=1) if len(p) else np.zeros(0, np.int64)
+        ts = np.full(n, _NAT, dtype=np.int64)
+        has = newest != _NAT
+        ts[p[has]] = newest[has] * tc.tile_us
+        event_ts[info.view.name] = ts.view("datetime64[us]")  # start of the newest tile in the window
+
+    # ------------------------------------------------------------------ write
+    def _sha_of(self, name: str, force: bool = False) -> str:
+        sha = self._sha.get(name)
+        if sha is None or force:
+            sha = self.client.script_load(getattr(scripts, name))
+            if isinstance(sha, dict):  # cluster: one reply per node
+                sha = next(iter(sha.values()))
+            if isinstance(sha, bytes):
+                sha = sha.decode()
+            self._sha[name] = sha
+        return sha
+
+    def _run_scripts(self, name: str, calls: list[tuple[list[str], list[Any]]], idempotent: bool = True) -> int:
+        """EVALSHA `name` once per (keys, args) call, all pipelined; returns the sum of the replies.
+
+        Calls answered NOSCRIPT (server restarted or flushed) are re-sent once
+        after loading the script; only those, so a non-idempotent script
+        (ADD_EVENTS) is never applied twice.
+        """
+        total = 0
+        pending = calls
+        for attempt in (0, 1):
+            if not pending:
+                break
+            sha = self._sha_of(name, force=attempt == 1)
+            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in pending]
+            if self.cluster:
+                pipe = self.client.pipeline()
+                for cmd in commands:  # execute_command: the cluster pipeline blocks .evalsha() but routes EVALSHA
+                    pipe.execute_command(*cmd)
+                replies = pipe.execute(raise_on_error=False)
+            else:
+                replies = self._send(commands, retry=idempotent)
+            failed = []
+            for call, reply in zip(pending, replies):
+                if not isinstance(reply, Exception):
+                    total += int(reply)
+                elif attempt == 0 and (isinstance(reply, redis.exceptions.NoScriptError) or "NOSCRIPT" in str(reply)):
+                    failed.append(call)
+                else:
+                    raise reply
+            pending = failed
+        if pending:
+            raise RuntimeError(f"script {name} could not be loaded")
+        return total
+
+    def _by_slot(self, keys: list[str]) -> list[list[int]]:
+        """Row positions grouped so each group's keys share a hash slot (cluster), else one group."""
+        if not self.cluster:
+            return [list(range(len(keys)))]
+        groups: dict[int, list[int]] = {}
+        keyslot = self.client.keyslot
+        for i, k in enumerate(keys):
+            groups.setdefault(keyslot(k), []).append(i)
+        return list(groups.values())
+
+    def write_packed(self, keys: list[str], values: list[bytes]) -> int:
+        """Write packed rows (keys and bytes from the codec) unless the stored row is newer; returns rows written.
+
+        A key occurring several times is written in successive rounds (the script
+        compares against the stored row, so the newest wins; on equal time the later row).
+        """
+        if len(set(keys)) != len(keys):
+            rounds: list[list[int]] = []
+            seen: dict[str, int] = {}
+            for i, k in enumerate(keys):
+                r = seen.get(k, -1) + 1
+                seen[k] = r
+                if r == len(rounds):
+                    rounds.append([])
+                rounds[r].append(i)
+            return sum(self.write_packed([keys[i] for i in rnd], [values[i] for i in rnd]) for rnd in rounds)
+        calls = []
+        for group in self._by_slot(keys):
+            for i in range(0, len(group), SCRIPT_ROWS):
+                if self.cluster:
+                    idx = group[i: i + SCRIPT_ROWS]
+                    calls.append(([keys[j] for j in idx], [values[j] for j in idx]))
+                else:
+                    calls.append((keys[i: i + SCRIPT_ROWS], values[i: i + SCRIPT_ROWS]))
+        return self._run_scripts("SET_IF_NEWER", calls)
+
+    def encode_rows(self, view: FeatureView, batch: pa.RecordBatch | pa.Table) -> tuple[list[str], list[bytes]]:
+        """Keys and packed rows of a batch with the view's join keys, `event_ts` and feature columns."""
+        info = self.info(view)
+        if info.windowed:
+            raise TypeError(f"{view.name} is windowed: use write_tiles / add_to_tiles")
+        names = batch.schema.names
+        ts_name = "event_ts" if "event_ts" in names else view.source.timestamp_field
+        ts = timestamps_us(column(batch, ts_name))
+        keys = arrow_entity_keys(info.prefix, [column(batch, k) for k in view.join_keys])
+        return keys, info.codec.encode(batch, ts)
+
+    def write_rows(self, view: FeatureView, batch: pa.RecordBatch | pa.Table) -> int:
+        """Write the rows of `batch`, skipping any older than the stored row; returns rows written.
+
+        One server-side script call per 1,000 rows, all pipelined: compare and
+        write are atomic, so a concurrent writer never gets its newer row
+        overwritten, and a re-run writes nothing.
+        """
+        if batch.num_rows == 0:
+            return 0
+        keys, values = self.encode_rows(view, batch)
+        return self.write_packed(keys, values)
+
+    def write_tiles(self, view: WindowedFeatureView, tiles: pa.RecordBatch | pa.Table) -> int:
+        """Overwrite whole tiles (materialization). Returns tiles changed.
+
+        Columns: the join keys, ``tile_start`` (timestamp aligned to the tile),
+        ``count``, for each summed/averaged column ``<col>_sum`` and
+        ``<col>_count`` (non-null values), for each last-n column ``<col>_last_n``
+        (values oldest first) and optionally ``<col>_last_n_ts``. A tile replaces
+        its ring slot unless the slot already holds a newer tile.
+        """
+        info = self.info(view)
+        if not info.windowed:
+            raise TypeError(f"{view.name} is not windowed: use write_rows")
+        if tiles.num_rows == 0:
+            return 0
+        tc = info.tiles
+        idx, numeric, segs = tc.encode_tiles(tiles)
+        keys = arrow_entity_keys(info.prefix, [column(tiles, k) for k in view.join_keys])
+        per_key: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            per_key.setdefault(k, []).append(i)
+        head = [tc.ring, tc.slot_size, len(tc.last_columns), tc.empty_slot()]
+        idx_list = idx.tolist()
+        calls: list[tuple[list[str], list[Any]]] = []
+        ordered_keys = list(per_key)
+        for group in self._by_slot(ordered_keys):
+            ck, ca = [], list(head)
+            for gi in group:
+                key = ordered_keys[gi]
+                rows = per_key[key]
+                ck.append(key)
+                ca.append(len(rows))
+                for i in rows:
+                    ca.extend((idx_list[i], numeric[i], segs[i]))
+                if len(ca) >= TILE_SCRIPT_ARGS:
+                    calls.append((ck, ca))
+                    ck, ca = [], list(head)
+            if ck:
+                calls.append((ck, ca))
+        return self._run_scripts("PUT_TILES", calls)
+
+    def add_to_tiles(self, view: WindowedFeatureView, entity: Any, event_ts: datetime | int,
+                     values: Mapping[str, Any]) -> int:
+        """Add one event to its tile (streaming); returns 1, or 0 when the event is too late for the ring."""
+        return self.add_events(view, [(entity, event_ts, values)])
+
+    def add_events(self, view: WindowedFeatureView, events: Iterable[tuple[Any, datetime | int, Mapping[str, Any]]]) -> int:
+        """Add many events (entity, event_ts, {column: value}): one script call per entity, pipelined.
+
+        Not idempotent (adding twice counts twice): a dropped connection is not
+        retried; the caller (the stream consumer) decides, from its offsets.
+        """
+        info = self.info(view)
+        if not info.windowed:
+            raise TypeError(f"{view.name} is not windowed")
+        tc = info.tiles
+        arity = len(view.join_keys)
+        per_key: dict[str, list[Any]] = {}
+        pack_d = struct.Struct("<d").pack
+        for entity, ts, vals in events:
+            ts_us = to_micros(ts)
+            key = entity_keys(info.prefix, [entity], arity)[0]
+            args = per_key.setdefault(key, [])
+            args.append(ts_us // tc.tile_us)
+            args.append(ts_us)
+            for c in tc.sum_columns:
+                v = vals.get(c)
+                args.append(b"" if v is None else pack_d(float(v)))
+            for li, c in enumerate(tc.last_columns):
+                v = vals.get(c)
+                args.append(b"" if v is None else b"\1" + tc.elem_bytes(li, v))
+        head = [tc.ring, tc.slot_size, len(tc.last_columns), tc.empty_slot(), len(tc.sum_columns), *tc.last_keep]
+        return self._run_scripts("ADD_EVENTS", [([k], head + a) for k, a in per_key.items()], idempotent=False)
+
+    # -------------------------------------------------------------- watermarks
+    def get_watermark(self, view: OnlineView) -> datetime | None:
+        raw = self.client.get(watermark_key(self.project, view))
+        return from_micros(int(raw)) if raw is not None else None
+
+    def set_watermark(self, view: OnlineView, ts: datetime) -> None:
+        self.client.set(watermark_key(self.project, view), str(to_micros(ts)))
+
+    def version(self, view: OnlineView) -> str:
+        return view_version(view)
+
+
+__all__ = ["FeatureStatus", "OnlineResult", "OnlineStore", "ReadPlan"]
