@@ -30,6 +30,8 @@ COMMANDS = {"features": ("main", "feature store: apply, plan, versions, material
 DELEGATED = {
     "materialize": ("featurestore.materialize", "cli_main"),
     "skew": ("featurestore.skew", "cli_main"),
+    "serve": ("featurestore.service", "serve"),
+    "stream": ("featurestore.streaming", "cli_main"),
 }
 
 
