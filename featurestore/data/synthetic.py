@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -498,20 +499,44 @@ def dataset_dir(spec: SyntheticSpec, root: Path | None = None) -> Path:
     return (Path(root) if root is not None else _default_root()) / f"synthetic_{spec.tag}"
 
 
-def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = True, force: bool = False) -> SyntheticPaths:
+ACTIVE_LINK = "synthetic"
+
+
+def activate(paths: "SyntheticPaths") -> Path:
+    """Point ``<root>/synthetic`` (what `config/features.py` reads) at this dataset, atomically."""
+    link = paths.root.parent / ACTIVE_LINK
+    tmp = link.with_name(f".{ACTIVE_LINK}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(paths.root.name, tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def active_dataset(root: Path | None = None) -> Path | None:
+    """The dataset directory ``<root>/synthetic`` points at, or None."""
+    link = (Path(root) if root is not None else _default_root()) / ACTIVE_LINK
+    return link.resolve() if link.exists() else None
+
+
+def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = True, force: bool = False,
+             activate_it: bool = True) -> SyntheticPaths:
     """Generate `spec`'s dataset under ``<root>/synthetic_<tag>/`` (root: the offline store's root).
 
     Skipped when the directory already holds a complete dataset of the same spec
     (its ``spec.json``), unless `force`. Files are written under temporary names
     and renamed; ``spec.json`` goes last. Memory stays bounded by the catalogue
-    (items and users) plus one chunk of events.
+    (items and users) plus one chunk of events. With `activate_it`, the
+    dataset becomes the active one (``<root>/synthetic``) once complete.
     """
     out = dataset_dir(spec, root)
     manifest = out / "spec.json"
     if not force and manifest.is_file() and all((out / f).is_file() for f in ("users.parquet", "items.parquet", "events.parquet")):
         try:
             if json.loads(manifest.read_text()) == spec.to_dict():
-                return _paths(out, spec)
+                paths = _paths(out, spec)
+                if activate_it:
+                    activate(paths)
+                return paths
         except (OSError, ValueError):
             pass
     out.mkdir(parents=True, exist_ok=True)
@@ -532,4 +557,7 @@ def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = Tru
 
     with atomic_path(manifest) as tmp:
         tmp.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n")
-    return _paths(out, spec)
+    paths = _paths(out, spec)
+    if activate_it:
+        activate(paths)
+    return paths

@@ -174,3 +174,15 @@ def test_powerlaw_sampler_matches_its_mass(a: float) -> None:
     draws = powerlaw_sample(np.random.default_rng(1).random(200_000), 100, a)
     freq = np.bincount(draws, minlength=100) / draws.size
     assert np.abs(freq - mass).max() < 0.01
+
+
+def test_generated_dataset_becomes_the_active_one(tmp_path) -> None:
+    from featurestore.data.synthetic import active_dataset
+
+    first = generate(SyntheticSpec(n_users=20, n_items=30, n_events=200, seed=1), tmp_path, progress=False)
+    assert active_dataset(tmp_path) == first.root.resolve()
+    assert (tmp_path / "synthetic" / "events.parquet").is_file()
+    second = generate(SyntheticSpec(n_users=20, n_items=30, n_events=200, seed=2), tmp_path, progress=False)
+    assert active_dataset(tmp_path) == second.root.resolve()
+    generate(SyntheticSpec(n_users=20, n_items=30, n_events=200, seed=3), tmp_path, progress=False, activate_it=False)
+    assert active_dataset(tmp_path) == second.root.resolve()
