@@ -99,6 +99,55 @@ class FeatureStoreConfig(_Section):
     stream_group: str = Field("featurestore-stream", description="Kafka consumer group of the streaming updater.")
 
 
+class RecallConfig(_Section):
+    """Candidate generation (recall/). Channel names: embedding, item2item, popular, fresh."""
+
+    total_candidates: int = Field(1000, description="Candidates returned by default after the merge.")
+    max_candidates: int = Field(5000, description="Upper bound a request may ask for.")
+    channel_quotas: dict[str, int] = Field(
+        default_factory=lambda: {"embedding": 500, "item2item": 300, "popular": 150, "fresh": 50},
+        description="Default per-channel quotas (a request may override within max_candidates).",
+    )
+    channel_timeouts_ms: dict[str, float] = Field(
+        default_factory=lambda: {"embedding": 6.0, "item2item": 6.0, "popular": 3.0, "fresh": 3.0},
+        description="Per-channel time budget; a late channel is dropped and the response flagged degraded.",
+    )
+    index_kind: str = Field("hnsw", description="FAISS index: 'hnsw' or 'ivfpq' (or 'flat' for exact search).")
+    metric: str = Field("ip", description="'ip' (inner product) or 'cosine'.")
+    embedding_dim: int = 64
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 4096
+    ivf_nprobe: int = 32
+    pq_m: int = 16
+    covisit_neighbors: int = Field(50, description="Top-K co-visited neighbours stored per item.")
+    covisit_half_life_days: float = 7.0
+    recent_items: int = Field(20, description="Recent user items used as item2item seeds and in the query vector.")
+    fresh_max_age_hours: float = 48.0
+    trending_half_life_hours: float = 6.0
+    artifacts_subdir: str = Field("recall", description="Index artifacts, under paths.artifacts_dir.")
+
+
+class RankingConfig(_Section):
+    """Scoring (ranking/): models, backends, dynamic batching, registry."""
+
+    model: str = Field("deepfm", description="Default model kind to train/serve: 'deepfm' or 'din'.")
+    feature_set: str = Field("deepfm_movielens", description="Feature set the default model reads.")
+    backend: str = Field("onnxruntime", description="'eager', 'onnxruntime', 'aotinductor', 'tensorrt'.")
+    hash_buckets: int = Field(100_003, description="Rows of each hashed id embedding table.")
+    embedding_dim: int = 16
+    mlp_hidden: tuple[int, ...] = (400, 400, 400)
+    max_batch_size: int = Field(4096, description="Dynamic batcher: largest merged batch (rows).")
+    preferred_batch_sizes: tuple[int, ...] = (1024, 2048, 4096)
+    max_queue_delay_us: int = Field(2000, description="Longest a request waits for a fuller batch.")
+    max_queue_size: int = Field(64, description="Requests waiting beyond this are refused with RESOURCE_EXHAUSTED.")
+    deadline_ms: float = Field(15.0, description="Model budget per request; past it the fallback score is served.")
+    threads: int = Field(2, description="Intra-op threads for CPU backends.")
+    artifacts_subdir: str = Field("models", description="Model registry, under paths.artifacts_dir.")
+    seed: int = 0
+
+
 class Config(_Section):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -106,6 +155,8 @@ class Config(_Section):
     ports: ServicePorts = ServicePorts()
     paths: PathsConfig = PathsConfig()
     features: FeatureStoreConfig = FeatureStoreConfig()
+    recall: RecallConfig = RecallConfig()
+    ranking: RankingConfig = RankingConfig()
 
     @property
     def offline_root(self) -> Path:
