@@ -1,0 +1,1 @@
+"""Recall channels, one module each; all implement recall.channel.Channel."""
