@@ -126,6 +126,37 @@ class RecallConfig(_Section):
     recent_items: int = Field(20, description="Recent user items used as item2item seeds and in the query vector.")
     fresh_max_age_hours: float = 48.0
     trending_half_life_hours: float = 6.0
+    # -- co-visitation (recall/covisit.py, recall/channels/item2item.py)
+    covisit_window_hours: float | None = Field(24.0 * 7, description="Longest time between two interactions of one user that still pair them (None: any).")
+    covisit_max_gap: int = Field(10, description="Pair each interaction with at most this many following interactions of the same user.")
+    covisit_max_history: int = Field(200, description="Most recent distinct items kept per user for pairing (bounds heavy users).")
+    covisit_shrink: float = Field(0.0, description="Score c(i,j) / (sqrt(n_i n_j) + shrink): damps pairs of rare items.")
+    covisit_user_weighting: bool = Field(True, description="Weight a user's pairs by 1/log2(1 + items of the user) (IUF).")
+    covisit_memory_limit_mb: int = Field(2048, description="DuckDB memory limit of the offline build; beyond it DuckDB spills to disk.")
+    item2item_seed_decay: float = Field(0.85, description="Weight of the p-th most recent seed item: decay**p.")
+    version_refresh_s: float = Field(2.0, description="How often channels re-read the live co-visitation version pointer.")
+    # -- popular / trending and fresh (recall/trending.py, recall/fresh.py)
+    popular_event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "rating": 1.0, "like": 2.0, "comment": 2.0, "share": 3.0, "purchase": 4.0},
+        description="Event types counted by the popular channel (decoded `type` names) and their weights; others are ignored.",
+    )
+    popular_max_items: int = Field(100_000, description="Items kept in the global trending sorted set.")
+    popular_max_items_per_category: int = Field(10_000, description="Items kept per category's trending sorted set.")
+    popular_category_boost: float = Field(2.0, description="Score x (1 + boost x preference) for items of the user's preferred categories.")
+    fresh_category_boost: float = Field(2.0, description="Same boost for the fresh channel.")
+    preferred_categories: int = Field(3, description="Categories read per user by the popular and fresh channels.")
+    trending_stream_group: str = Field("recall-trending", description="Kafka consumer group of the trending updater.")
+    # -- request -> RecallQuery (recall/service.py)
+    recent_items_feature: str = Field("user_activity:item_id_last20_30d", description="Online list feature holding the user's recent items, most recent first.")
+    category_features: tuple[str, ...] = Field((), description="User features naming preferred categories, e.g. 'syn_user_profile:home_category'.")
+    user_features: tuple[str, ...] = Field((), description="Further user features read into RecallQuery.user_features (same one read).")
+    # -- merge (recall/merge.py)
+    channel_weights: dict[str, float] = Field(
+        default_factory=lambda: {"embedding": 1.0, "item2item": 1.0, "popular": 1.0, "fresh": 1.0},
+        description="Weighted reciprocal-rank fusion: merged score = sum over channels of weight / (rrf_k + rank + 1).",
+    )
+    rrf_k: float = Field(60.0, description="Reciprocal-rank fusion constant.")
+    overfetch: float = Field(0.5, description="Each channel is asked for quota x (1 + overfetch) (plus room for filtered items) to backfill from.")
     artifacts_subdir: str = Field("recall", description="Index artifacts, under paths.artifacts_dir.")
 
 
