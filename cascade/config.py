@@ -179,6 +179,22 @@ class RankingConfig(_Section):
     seed: int = 0
 
 
+class RerankConfig(_Section):
+    """Rule-based reranking (rerank/). The rule chain itself lives in `rules_file` (see rerank/rules_config.py)."""
+
+    rules_file: Path = Field(REPO_ROOT / "config" / "rerank.toml", description="Declarative rule chain; rules run in file order.")
+    key_prefix: str = Field("cascade:rerank", description="Namespace of impression history, block lists and item state in Redis.")
+    max_count: int = Field(100, description="Largest page a request may ask for (rerank.proto: count in [1, 100]).")
+    max_candidates: int = Field(2000, description="Organic candidates per request (rerank.proto: at most 2000).")
+    max_injections: int = Field(50, description="Ads/boosts per request (rerank.proto: at most 50).")
+    fetch_timeout_ms: float = Field(25.0, description="Budget of the one Redis round trip of the Redis-backed rules; past it they are skipped (fail open).")
+    impressions_backend: str = Field("zset", pattern="^(zset|bloom)$", description="'zset' (exact, per-user sorted set) or 'bloom' (per-user-per-day Bloom filter).")
+    impressions_retention_hours: float = Field(168.0, description="Impressions older than this are forgotten (trim + key TTL).")
+    impressions_max_items: int = Field(2000, description="zset backend: newest impressions kept per user.")
+    bloom_bits: int = Field(32768, description="bloom backend: bits per user per day (4 KiB).")
+    bloom_hashes: int = Field(7, description="bloom backend: hash functions per item.")
+
+
 class Config(_Section):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -188,6 +204,7 @@ class Config(_Section):
     features: FeatureStoreConfig = FeatureStoreConfig()
     recall: RecallConfig = RecallConfig()
     ranking: RankingConfig = RankingConfig()
+    rerank: RerankConfig = RerankConfig()
 
     @property
     def offline_root(self) -> Path:
