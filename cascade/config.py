@@ -177,6 +177,19 @@ class RankingConfig(_Section):
     threads: int = Field(2, description="Intra-op threads for CPU backends.")
     artifacts_subdir: str = Field("models", description="Model registry, under paths.artifacts_dir.")
     seed: int = 0
+    # Encoding (ranking/encoding.py): sizes derived from the feature set, capped here.
+    max_seq_len: int = Field(50, description="Longest behaviour sequence (LAST_N list of a join key) fed to DIN.")
+    max_bag_len: int = Field(16, description="Longest multi-hot bag (e.g. genres); the training split's longest, capped here.")
+    categorical_max_cardinality: int = Field(128, description="An INT64 profile/request feature with at most this many distinct training values is also a categorical field.")
+    # Models and training (ranking/models, ranking/train.py).
+    dropout: float = Field(0.2, description="Dropout of the deep MLP (and DIN's attention-free layers).")
+    din_attention_hidden: tuple[int, ...] = Field((80, 40), description="DIN activation unit MLP over [b, c, b-c, b*c].")
+    batch_size: int = Field(1024, description="Training minibatch rows.")
+    learning_rate: float = 1e-3
+    embedding_l2: float = Field(1e-6, description="L2 penalty on the embedding rows a batch uses (per row, summed).")
+    epochs: int = Field(20, description="Most training epochs; early stopping on validation AUC usually ends sooner.")
+    patience: int = Field(2, description="Epochs without a better validation AUC before training stops.")
+    rich_min_ratings: int = Field(20, description="Evaluation slice: users with at least this many ratings in the 30-day window at label time.")
 
 
 class RerankConfig(_Section):
