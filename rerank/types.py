@@ -165,6 +165,7 @@ class Degradation:
     rule: str
     code: str  # "TIMEOUT", "UNAVAILABLE" or "ERROR" (DegradationCode without its prefix)
     message: str
+    fallback: str = "skipped"  # or "request_data_only": the rule ran on what the request itself carried
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,10 @@ class AvailabilityFilter(Rule):
     def needs_fetch(self) -> bool:
         return self.params.use_redis
 
+    @property
+    def works_without_fetch(self) -> bool:
+        return True
+
     def _entries(self, slate: Slate) -> list[Any]:
         return [*slate.items, *slate.injections] if self.params.include_injections else list(slate.items)
 

@@ -75,6 +75,11 @@ class Rule:
         """True if ``apply`` needs ``ctx.fetched[self.name]`` from :meth:`queue`."""
         return False
 
+    @property
+    def works_without_fetch(self) -> bool:
+        """True if ``apply`` still does part of its job when the Redis read failed (request data only)."""
+        return False
+
     def queue(self, pipe: Any, ctx: RuleContext, slate: Slate) -> Parse:  # pragma: no cover - overridden
         raise NotImplementedError
 
