@@ -121,6 +121,11 @@ class RecallConfig(_Section):
     ivf_nlist: int = 4096
     ivf_nprobe: int = 32
     pq_m: int = 16
+    # -- embedding channel and its index (recall/index.py, recall/artifacts.py, recall/channels/embedding.py)
+    ivf_refine_factor: int = Field(4, description="IVF-PQ: candidates per result re-ranked with the exact vectors (0: no re-ranking).")
+    embedding_artifacts: str = Field("movielens", description="Artifact set the embedding channel serves, under artifacts_subdir (`cascade recall build --name`).")
+    index_watch_s: float = Field(5.0, description="How often a live index checks its artifact set's CURRENT pointer for a new version.")
+    index_keep_versions: int = Field(3, description="Artifact versions kept on disk by `cascade recall build` (CURRENT is never removed).")
     covisit_neighbors: int = Field(50, description="Top-K co-visited neighbours stored per item.")
     covisit_half_life_days: float = 7.0
     recent_items: int = Field(20, description="Recent user items used as item2item seeds and in the query vector.")
