@@ -195,6 +195,17 @@ class RankingConfig(_Section):
     epochs: int = Field(20, description="Most training epochs; early stopping on validation AUC usually ends sooner.")
     patience: int = Field(2, description="Epochs without a better validation AUC before training stops.")
     rich_min_ratings: int = Field(20, description="Evaluation slice: users with at least this many ratings in the 30-day window at label time.")
+    # Serving (ranking/service.py, ranking/live.py, ranking/registry.py, ranking/fallback.py).
+    batching: bool = Field(True, description="Dynamic batching on; off scores each request alone (benchmark comparison).")
+    adaptive_queue_delay: bool = Field(True, description="Skip max_queue_delay_us when no other request is on its way to the batcher.")
+    fallback_reserve_ms: float = Field(2.0, description="Time kept back from the request deadline to answer with the fallback.")
+    fallback_features: tuple[str, ...] = Field(
+        ("item_popularity:rating_count_7d", "syn_item_popularity:click_count_7d"),
+        description="Popularity features of the fallback scorer, first one defined wins (read with the model's set when it has it).",
+    )
+    fallback_model: str = Field("", description="Model name (e.g. an FTRL one) whose live version scores when the main model cannot; empty: none.")
+    registry_poll_ms: int = Field(500, description="How often a ranking replica checks the registry for new versions, pins and splits.")
+    max_loaded_versions: int = Field(3, description="Versions of a model kept loaded (live, previous, split, newest), warm for a swap.")
 
 
 class RerankConfig(_Section):
