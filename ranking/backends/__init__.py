@@ -1,0 +1,62 @@
+"""Scoring backends: one class per runtime, all with ``run(arrays) -> logits`` (float32 [batch]).
+
+=================== =========================== ===============================================
+name                file                        runtime
+=================== =========================== ===============================================
+``eager``           model.pt                    PyTorch eager (``torch.inference_mode``)
+``onnxruntime``     model.onnx                  ONNX Runtime CPU, all graph optimisations
+``onnxruntime-int8`` model.int8.onnx            ONNX Runtime CPU, dynamically quantised MatMuls
+``aotinductor``     model.pt2                   ``torch._inductor.aoti_load_package``
+``tensorrt``        model.onnx -> cached engine TensorRT FP16 on a CUDA GPU
+=================== =========================== ===============================================
+
+``threads`` is the intra-op thread count. PyTorch's is process-wide
+(``torch.set_num_threads``): eager and AOTInductor scorers in one process
+share the last value set.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ranking.artifact import ArtifactError
+
+
+class BackendUnavailable(ArtifactError):
+    """The backend's runtime is not installed here, or it needs a device this machine lacks."""
+
+
+_BACKENDS = {
+    "eager": ("ranking.backends.eager", "EagerBackend"),
+    "onnxruntime": ("ranking.backends.onnx_runtime", "OnnxRuntimeBackend"),
+    "onnxruntime-int8": ("ranking.backends.onnx_runtime", "OnnxRuntimeInt8Backend"),
+    "aotinductor": ("ranking.backends.aot_inductor", "AOTInductorBackend"),
+    "tensorrt": ("ranking.backends.tensorrt", "TensorRTBackend"),
+}
+BACKEND_NAMES = tuple(_BACKENDS)
+
+
+def load_backend(name: str, artifact_dir: Path, manifest: Any, threads: int, **options: Any) -> Any:
+    try:
+        module, cls = _BACKENDS[name]
+    except KeyError:
+        raise ArtifactError(f"unknown backend {name!r}; known: {', '.join(_BACKENDS)}") from None
+    return getattr(importlib.import_module(module), cls)(Path(artifact_dir), manifest, threads, **options)
+
+
+def available_backends(manifest: Any) -> list[str]:
+    """Backends of `manifest` whose runtime can start on this machine (TensorRT needs tensorrt and a GPU)."""
+    out = []
+    for b in manifest.backends:
+        if b == "tensorrt":
+            from ranking.backends.tensorrt import tensorrt_available
+
+            if not tensorrt_available():
+                continue
+        out.append(b)
+    return out
+
+
+__all__ = ["BACKEND_NAMES", "BackendUnavailable", "available_backends", "load_backend"]
