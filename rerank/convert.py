@@ -81,17 +81,14 @@ def validate(inp: RerankInput, settings: RerankConfig, max_request_items: int | 
     return inp
 
 
+_KINDS = {int(k): k for k in ItemKind}
+
+
 def _candidate(m: Any) -> Candidate:
+    # positional, in Candidate's field order; channels stay the request's repeated field (no copy)
     return Candidate(
-        item_id=m.item_id,
-        score=m.score,
-        category=m.category,
-        author=m.author,
-        group_id=m.group_id,
-        published_at_ms=m.published_at_ms,
-        kind=ItemKind(m.kind) if m.kind in (0, 1, 2, 3) else m.kind,
-        requested_position=m.requested_position if m.HasField("requested_position") else None,
-        channels=tuple(m.channels),
+        m.item_id, m.score, m.category, m.author, m.group_id, m.published_at_ms, _KINDS.get(m.kind, m.kind),
+        m.requested_position if m.HasField("requested_position") else None, None, 0, m.channels,
     )
 
 

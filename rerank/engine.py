@@ -61,6 +61,29 @@ except ImportError:  # pragma: no cover
     _REDIS_ERRORS = (OSError,)
 
 
+def _hiredis_connection_class() -> Any:
+    """An asyncio connection that packs commands with hiredis, like the synchronous client does.
+
+    ``redis.asyncio`` packs in pure Python, about 1 us per argument: 3-4 ms for the
+    ~3,000 arguments of one rerank fetch (measured), against ~0.3 ms with hiredis.
+    """
+    import hiredis
+    import redis.asyncio as aredis
+
+    pack = hiredis.pack_command
+
+    class HiredisPackingConnection(aredis.Connection):
+        def pack_command(self, *args: Any) -> list[bytes]:
+            if isinstance(args[0], str) and " " in args[0]:  # "CONFIG GET"-style names go as separate words
+                args = (*args[0].split(), *args[1:])
+            return [pack(args)]
+
+        def pack_commands(self, commands: Any) -> list[bytes]:
+            return [b"".join(self.pack_command(*cmd)[0] for cmd in commands)]
+
+    return HiredisPackingConnection
+
+
 def async_redis_client(url: str, config: Config) -> Any:
     """A ``redis.asyncio`` client (a RedisCluster when configured) for the engine's reads."""
     import redis.asyncio as aredis
@@ -72,6 +95,11 @@ def async_redis_client(url: str, config: Config) -> Any:
     }
     if config.redis.cluster:
         return aredis.RedisCluster.from_url(url, **common)
+    if url.startswith("redis://"):
+        try:
+            common["connection_class"] = _hiredis_connection_class()
+        except ImportError:  # pragma: no cover - hiredis is a dependency
+            pass
     return aredis.Redis.from_url(url, **common)
 
 
@@ -101,6 +129,26 @@ class RerankEngine:
         if redis is None and redis_url is not None:
             redis = async_redis_client(redis_url, config)
         return cls(rules, config.rerank, redis=redis, prefix=prefix, max_request_items=config.grpc.max_request_items)
+
+    async def warm_up(self, timeout_s: float | None = None) -> bool:
+        """Connect to Redis (and learn a cluster's slots) before the first request; False if it is not reachable.
+
+        Without it the first request pays for the connection (tens of ms for a
+        cluster) and its Redis-backed rules time out. Never raises: serving starts
+        anyway and fails open.
+        """
+        if self.redis is None:
+            return False
+        timeout = self.settings.fetch_timeout_ms / 1000 * 40 if timeout_s is None else timeout_s
+        try:
+            if hasattr(self.redis, "initialize") and hasattr(self.redis, "get_nodes"):  # RedisCluster
+                await asyncio.wait_for(self.redis.initialize(), timeout)
+            await asyncio.wait_for(self.redis.ping(), timeout)
+            return True
+        except (*_REDIS_ERRORS, TimeoutError, asyncio.TimeoutError) as exc:
+            _log.warning("rerank: Redis not reachable at start-up (%s: %s); serving degraded until it is",
+                         type(exc).__name__, exc)
+            return False
 
     async def aclose(self) -> None:
         if self.redis is not None:

@@ -62,7 +62,11 @@ def user_key(prefix: str, user_id: str, what: str) -> str:
 
 
 def now_ms() -> int:
+    """The wall clock in Unix epoch ms."""
     return int(time.time() * 1000)
+
+
+_clock = now_ms
 
 
 class ZSetBackend:
@@ -190,22 +194,23 @@ class ImpressionHistory:
     def from_config(cls, client: Any, config: RerankConfig, prefix: str | None = None) -> ImpressionHistory:
         return cls(client, backend_from_config(config, prefix))
 
-    def record(self, user_id: str, item_ids: Sequence[str], now: int | None = None) -> None:
-        """Remember that ``item_ids`` were shown to ``user_id`` at ``now`` (ms; default: the clock). One round trip."""
+    def record(self, user_id: str, item_ids: Sequence[str], now_ms: int | None = None) -> None:
+        """Remember that ``item_ids`` were shown to ``user_id`` at ``now_ms`` (default: the clock). One round trip."""
         pipe = self.client.pipeline(transaction=False)
-        self.backend.queue_record(pipe, user_id, list(item_ids), now_ms() if now is None else now)
+        self.backend.queue_record(pipe, user_id, list(item_ids), _clock() if now_ms is None else now_ms)
         if len(pipe):
             pipe.execute()
 
-    def seen_since(self, user_id: str, item_ids: Sequence[str], since_ms: int, now: int | None = None) -> dict[str, int | None]:
+    def seen_since(self, user_id: str, item_ids: Sequence[str], since_ms: int,
+                   now_ms: int | None = None) -> dict[str, int | None]:
         """{item id: last impression ms (None for the bloom layout)} of the items shown since ``since_ms``."""
         pipe = self.client.pipeline(transaction=False)
-        parse = self.backend.queue_seen(pipe, user_id, list(item_ids), since_ms, now_ms() if now is None else now)
+        parse = self.backend.queue_seen(pipe, user_id, list(item_ids), since_ms, _clock() if now_ms is None else now_ms)
         return parse(pipe.execute() if len(pipe) else [])
 
-    def seen(self, user_id: str, item_ids: Sequence[str], since_ms: int, now: int | None = None) -> list[bool]:
+    def seen(self, user_id: str, item_ids: Sequence[str], since_ms: int, now_ms: int | None = None) -> list[bool]:
         """One bool per item: was it shown to the user at or after ``since_ms``? One round trip."""
-        return _mask(item_ids, self.seen_since(user_id, item_ids, since_ms, now))
+        return _mask(item_ids, self.seen_since(user_id, item_ids, since_ms, now_ms))
 
 
 class AsyncImpressionHistory(ImpressionHistory):
@@ -215,18 +220,18 @@ class AsyncImpressionHistory(ImpressionHistory):
     def from_config(cls, client: Any, config: RerankConfig, prefix: str | None = None) -> AsyncImpressionHistory:
         return cls(client, backend_from_config(config, prefix))
 
-    async def record(self, user_id: str, item_ids: Sequence[str], now: int | None = None) -> None:  # type: ignore[override]
+    async def record(self, user_id: str, item_ids: Sequence[str], now_ms: int | None = None) -> None:  # type: ignore[override]
         pipe = self.client.pipeline(transaction=False)
-        self.backend.queue_record(pipe, user_id, list(item_ids), now_ms() if now is None else now)
+        self.backend.queue_record(pipe, user_id, list(item_ids), _clock() if now_ms is None else now_ms)
         if len(pipe):
             await pipe.execute()
 
     async def seen_since(self, user_id: str, item_ids: Sequence[str], since_ms: int,  # type: ignore[override]
-                         now: int | None = None) -> dict[str, int | None]:
+                         now_ms: int | None = None) -> dict[str, int | None]:
         pipe = self.client.pipeline(transaction=False)
-        parse = self.backend.queue_seen(pipe, user_id, list(item_ids), since_ms, now_ms() if now is None else now)
+        parse = self.backend.queue_seen(pipe, user_id, list(item_ids), since_ms, _clock() if now_ms is None else now_ms)
         return parse(await pipe.execute() if len(pipe) else [])
 
     async def seen(self, user_id: str, item_ids: Sequence[str], since_ms: int,  # type: ignore[override]
-                   now: int | None = None) -> list[bool]:
-        return _mask(item_ids, await self.seen_since(user_id, item_ids, since_ms, now))
+                   now_ms: int | None = None) -> list[bool]:
+        return _mask(item_ids, await self.seen_since(user_id, item_ids, since_ms, now_ms))

@@ -53,6 +53,10 @@ class RerankServer(GrpcServer):
         self.servicer = RerankServicer(engine)
         self.add_service(rerank_pb2_grpc.add_RerankServiceServicer_to_server, self.servicer, SERVICE_NAME)
 
+    async def start(self) -> int:
+        await self.engine.warm_up()
+        return await super().start()
+
     async def stop(self, grace: float | None = None) -> None:
         await super().stop(grace)
         await self.engine.aclose()

@@ -10,9 +10,9 @@ little.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ItemKind(enum.IntEnum):
@@ -24,14 +24,14 @@ class ItemKind(enum.IntEnum):
     BOOSTED = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """An item the reranker can place (``cascade.v1.RerankCandidate`` plus optional item state).
 
     ``available`` / ``expires_at_ms`` are item state: None / 0 mean "not given
     here", and the availability rule then reads the item state from Redis.
     ``channels`` is passed through untouched (proto ``ChannelScore`` messages or
-    ``(channel, score, rank)`` tuples).
+    ``(channel, score, rank)`` tuples). A NamedTuple: immutable and about five
+    times cheaper to build than a frozen dataclass (1,000 per request).
     """
 
     item_id: str
@@ -47,16 +47,48 @@ class Candidate:
     channels: tuple[Any, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class Reason:
-    """Why a rule moved, boosted, inserted, kept or dropped an item (``cascade.v1.RerankReason``)."""
+    """Why a rule moved, boosted, inserted, kept or dropped an item (``cascade.v1.RerankReason``).
 
-    rule: str
-    explanation: str
+    The explanation may be given as a format string and its arguments
+    (:meth:`lazy`): it is rendered on first read, so the reasons of the hundreds
+    of candidates that never reach the page cost no string formatting.
+    """
+
+    __slots__ = ("rule", "_text", "_fmt", "_args")
+
+    def __init__(self, rule: str, explanation: str) -> None:
+        self.rule = rule
+        self._text: str | None = explanation
+        self._fmt = ""
+        self._args: tuple[Any, ...] = ()
+
+    @classmethod
+    def lazy(cls, rule: str, fmt: str | Callable[..., str], *args: Any) -> Reason:
+        """The explanation is ``fmt.format(*args)`` (or ``fmt(*args)`` for a function), rendered on first read."""
+        r = cls.__new__(cls)
+        r.rule, r._text, r._fmt, r._args = rule, None, fmt, args
+        return r
+
+    @property
+    def explanation(self) -> str:
+        if self._text is None:
+            fmt = self._fmt
+            self._text = fmt.format(*self._args) if isinstance(fmt, str) else fmt(*self._args)
+            self._args = ()
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reason) and (self.rule, self.explanation) == (other.rule, other.explanation)
+
+    def __hash__(self) -> int:
+        return hash((self.rule, self.explanation))
+
+    def __repr__(self) -> str:
+        return f"Reason(rule={self.rule!r}, explanation={self.explanation!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A candidate on its way through the rules: its current score and the reasons collected so far."""
 
     candidate: Candidate
@@ -72,11 +104,13 @@ class Entry:
         return self.candidate.item_id
 
     def with_reason(self, rule: str, explanation: str, *, final_score: float | None = None) -> Entry:
-        return replace(
-            self,
-            reasons=(*self.reasons, Reason(rule, explanation)),
-            final_score=self.final_score if final_score is None else final_score,
-        )
+        return Entry(self.candidate, self.final_score if final_score is None else final_score,
+                     (*self.reasons, Reason(rule, explanation)))
+
+    def with_lazy_reason(self, rule: str, fmt: str | Callable[..., str], *args: Any, final_score: float | None = None) -> Entry:
+        """Like :meth:`with_reason`, the explanation being rendered from ``fmt`` and ``args`` on first read."""
+        return Entry(self.candidate, self.final_score if final_score is None else final_score,
+                     (*self.reasons, Reason.lazy(rule, fmt, *args)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +147,11 @@ class Slate:
 
 
 def _split(entries: Sequence[Entry], drops: Mapping[str, str], rule: str) -> tuple[tuple[Entry, ...], list[Dropped]]:
-    kept: list[Entry] = []
-    gone: list[Dropped] = []
-    for e in entries:
-        why = drops.get(e.candidate.item_id)
-        if why is None:
-            kept.append(e)
-        else:
-            gone.append(Dropped(e.candidate.item_id, Reason(rule, why), e.candidate.kind))
-    return tuple(kept), gone
+    kept = tuple(e for e in entries if e[0][0] not in drops)  # e.candidate.item_id, without attribute look-ups
+    if len(kept) == len(entries):
+        return kept, []
+    gone = [Dropped(e[0][0], Reason(rule, drops[e[0][0]]), e[0].kind) for e in entries if e[0][0] in drops]
+    return kept, gone
 
 
 @dataclass(frozen=True, slots=True)

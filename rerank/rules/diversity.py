@@ -25,6 +25,7 @@ scan) the relaxation is O(1).
 from __future__ import annotations
 
 from collections import Counter, deque
+from operator import attrgetter
 from dataclasses import replace
 from typing import Literal
 
@@ -86,7 +87,8 @@ class Diversity(Rule):
         if n < 2 or limit < 2:
             return slate
         fields = [c.field for c in cons]
-        vals = [tuple(getattr(e.candidate, f) for f in fields) for e in items]
+        get = attrgetter(*fields)
+        vals = [get(e[0]) for e in items] if len(fields) > 1 else [(get(e[0]),) for e in items]
         # remaining items, per-value counts among them (for the "nothing eligible" shortcut)
         remaining = list(range(n))
         left = [Counter(v[ci] for v in vals) for ci in range(len(cons))]
@@ -133,15 +135,15 @@ class Diversity(Rule):
         if order == list(range(n)) and not relaxed:
             return slate
         out: list[Entry] = []
+        name = self.name
         for to, r in enumerate(order):
             e = items[r]
             if r in relaxed:
-                e = e.with_reason(self.name, relaxed[r])
+                e = e.with_reason(name, relaxed[r])
             if to > r:
-                why = blocked_why.get(r)
-                e = e.with_reason(self.name, f"moved down from {r} to {to}" + (f" ({why})" if why else " (items promoted above it)"))
+                e = e.with_lazy_reason(name, "moved down from {} to {} ({})", r, to, blocked_why.get(r) or "items promoted above it")
             elif to < r:
-                e = e.with_reason(self.name, f"moved up from {r} to {to} (higher-ranked items would exceed the window limits)")
+                e = e.with_lazy_reason(name, "moved up from {} to {} (higher-ranked items would exceed the window limits)", r, to)
             out.append(e)
         return replace(slate, items=tuple(out))
 

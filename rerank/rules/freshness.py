@@ -56,13 +56,16 @@ class FreshnessBoost(Rule):
         limit = self.params.max_positions
         incoming = [e.final_score for e in items]
         new = list(incoming)
-        factors = [1.0] * n
         capped = [False] * n
+        now = ctx.now_ms
+        oldest = now - self.params.max_age_hours * HOUR_MS
+        boost, tau = self.params.boost, self.params.tau_hours * HOUR_MS
+        exp = math.exp
         for r, e in enumerate(items):
-            f = self.factor(e.candidate.published_at_ms, ctx.now_ms)
-            if f == 1.0:
+            published = e.candidate.published_at_ms
+            if published <= 0 or published < oldest:
                 continue
-            factors[r] = f
+            f = 1.0 + boost * exp(-max(0, now - published) / tau)
             s = incoming[r] * f
             above = r - limit - 1  # must stay above us: the item just beyond max_positions
             if above >= 0 and s > incoming[above]:
@@ -71,18 +74,22 @@ class FreshnessBoost(Rule):
             new[r] = s
         if new == incoming:
             return slate
-        order = sorted(range(n), key=lambda r: (-new[r], r))
+        neg = [-x for x in new]
+        order = sorted(range(n), key=neg.__getitem__)  # stable: ties keep the incoming order
         out = []
+        name = self.name
         for to, r in enumerate(order):
             e = items[r]
-            if factors[r] != 1.0 and new[r] != incoming[r]:
-                age = fmt_hours(max(0, ctx.now_ms - e.candidate.published_at_ms))
-                move = f", moved up from {r} to {to}" if to < r else (f", moved down from {r} to {to}" if to > r else "")
-                cap = f" (capped: at most {limit} positions up)" if capped[r] else ""
-                e = e.with_reason(self.name, f"published {age} ago: score {incoming[r]:.4g} -> {new[r]:.4g} "
-                                             f"(x{new[r] / incoming[r] if incoming[r] else factors[r]:.3f}){move}{cap}",
-                                  final_score=new[r])
+            if new[r] != incoming[r]:
+                e = e.with_lazy_reason(name, _boosted, now - e[0].published_at_ms, incoming[r], new[r], r, to,
+                                       limit if capped[r] else -1, final_score=new[r])
             elif to > r:
-                e = e.with_reason(self.name, f"moved down from {r} to {to} (fresher items boosted above it)")
+                e = e.with_lazy_reason(name, "moved down from {} to {} (fresher items boosted above it)", r, to)
             out.append(e)
         return replace(slate, items=tuple(out))
+
+
+def _boosted(age_ms: int, old: float, new: float, frm: int, to: int, capped_at: int) -> str:
+    move = f", moved up from {frm} to {to}" if to < frm else (f", moved down from {frm} to {to}" if to > frm else "")
+    cap = f" (capped: at most {capped_at} positions up)" if capped_at >= 0 else ""
+    return f"published {fmt_hours(max(0, age_ms))} ago: score {old:.4g} -> {new:.4g} (x{new / old:.3f}){move}{cap}"

@@ -29,13 +29,13 @@ def test_history_record_and_seen(redis, unique_prefix, backend):
     h.record("u1", ["d"], NOW)
     h.record("u2", ["z"], NOW)
     ids = ["a", "b", "x", "d", "z"]
-    assert h.seen("u1", ids, since_ms=NOW - 3 * HOUR_MS, now=NOW) == [True, True, False, True, False]
-    assert h.seen("u1", [], since_ms=0, now=NOW) == []
-    assert h.seen("nobody", ids, since_ms=0, now=NOW) == [False] * 5
+    assert h.seen("u1", ids, since_ms=NOW - 3 * HOUR_MS, now_ms=NOW) == [True, True, False, True, False]
+    assert h.seen("u1", [], since_ms=0, now_ms=NOW) == []
+    assert h.seen("nobody", ids, since_ms=0, now_ms=NOW) == [False] * 5
     if backend == "zset":  # exact times: a window that starts after the first impressions excludes them
-        assert h.seen("u1", ids, since_ms=NOW - HOUR_MS, now=NOW) == [False, False, False, True, False]
-        assert h.seen_since("u1", ["a", "d"], since_ms=0, now=NOW) == {"a": NOW - 2 * HOUR_MS, "d": NOW}
-        assert h.seen("u1", ["d"], since_ms=NOW + 1, now=NOW) == [False]
+        assert h.seen("u1", ids, since_ms=NOW - HOUR_MS, now_ms=NOW) == [False, False, False, True, False]
+        assert h.seen_since("u1", ["a", "d"], since_ms=0, now_ms=NOW) == {"a": NOW - 2 * HOUR_MS, "d": NOW}
+        assert h.seen("u1", ["d"], since_ms=NOW + 1, now_ms=NOW) == [False]
 
 
 def test_zset_history_is_bounded_by_size_time_and_ttl(redis, unique_prefix):
@@ -58,12 +58,12 @@ def test_bloom_history_days_and_false_positive_rate(redis, unique_prefix):
     assert keys == [h.backend.key("u1", yesterday // DAY_MS)]
     assert redis.pttl(keys[0]) > 72 * HOUR_MS  # retention + a day
     seen = [f"seen{i}" for i in range(1000)]
-    assert all(h.seen("u1", seen, since_ms=yesterday, now=NOW))  # never a false negative
+    assert all(h.seen("u1", seen, since_ms=yesterday, now_ms=NOW))  # never a false negative
     unseen = [f"new{i}" for i in range(5000)]
-    fp = sum(h.seen("u1", unseen, since_ms=yesterday, now=NOW))
+    fp = sum(h.seen("u1", unseen, since_ms=yesterday, now_ms=NOW))
     assert fp / len(unseen) < 0.01
     # day granularity: a window starting today does not look at yesterday's filter
-    assert not any(h.seen("u1", seen[:50], since_ms=(NOW // DAY_MS) * DAY_MS, now=NOW))
+    assert not any(h.seen("u1", seen[:50], since_ms=(NOW // DAY_MS) * DAY_MS, now_ms=NOW))
 
 
 def test_async_history_same_behaviour(stack, config, unique_prefix):
@@ -72,7 +72,7 @@ def test_async_history_same_behaviour(stack, config, unique_prefix):
         try:
             h = AsyncImpressionHistory.from_config(client, config.rerank, unique_prefix)
             await h.record("u9", ["a", "b"], NOW)
-            return await h.seen("u9", ["a", "x", "b"], since_ms=NOW - HOUR_MS, now=NOW)
+            return await h.seen("u9", ["a", "x", "b"], since_ms=NOW - HOUR_MS, now_ms=NOW)
         finally:
             await client.aclose()
 
@@ -86,7 +86,8 @@ def _inputs() -> RerankInput:
     return RerankInput("u1", 12, cands, inj, now_ms=NOW, blocked_item_ids=frozenset({"i5"}))
 
 
-def test_engine_reads_all_redis_signals_in_one_round_trip(stack, config, redis, unique_prefix):
+def test_engine_reads_all_redis_signals_in_one_round_trip(stack, patient_config, redis, unique_prefix):
+    config = patient_config
     ImpressionHistory.from_config(redis, config.rerank, unique_prefix).record("u1", ["i0", "i1"], NOW - HOUR_MS)
     BlockLists(redis, unique_prefix).block_items("u1", ["i2"])
     BlockLists(redis, unique_prefix).block_authors("u1", ["troll"])
@@ -175,3 +176,31 @@ def test_engine_fails_open_when_redis_hangs_or_is_down(config, where):
     assert len(result.items) == 12  # still a full page, from the pure rules
     assert [d.item_id for d in result.dropped] == ["i5"]  # the request's own block list still applies
     assert {d.rule: d.fallback for d in result.degradations}["blocked_filter"] == "request_data_only"
+
+
+def test_engine_on_a_redis_cluster(patient_config, tmp_path):
+    """User keys share a slot (hash tag); the catalogue's item state lives elsewhere: the cluster pipeline splits it."""
+    from stack.clients import redis_client
+    from stack.redis_cluster import EmbeddedRedisCluster
+
+    config = patient_config
+    cluster_config = config.model_copy(update={"redis": config.redis.model_copy(update={"cluster": True})})
+    with EmbeddedRedisCluster(tmp_path, masters=3, startup_timeout_s=config.redis.startup_timeout_s) as cluster:
+        client = redis_client(cluster.url, config.redis, cluster=True)
+        ImpressionHistory.from_config(client, config.rerank, "rc").record("u1", ["i0"], NOW - HOUR_MS)
+        BlockLists(client, "rc").block_items("u1", ["i1"])
+        ItemStateStore(client, "rc").set("i2", available=False)
+        client.close()
+
+        async def scenario():
+            engine = RerankEngine.from_config(cluster_config, cluster.url, prefix="rc")
+            try:
+                assert await engine.warm_up()
+                return await engine.rerank(_inputs())
+            finally:
+                await engine.aclose()
+
+        result = asyncio.run(scenario())
+    assert not result.degraded, result.degradations
+    assert {d.item_id: d.reason.rule for d in result.dropped} == {
+        "i0": "seen_filter", "i1": "blocked_filter", "i5": "blocked_filter", "i2": "availability_filter"}

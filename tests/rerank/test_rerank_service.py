@@ -41,9 +41,9 @@ def _serve(config, redis_url, prefix, calls):
     return asyncio.run(scenario())
 
 
-def test_rerank_happy_path_with_reasons(stack, config, redis, unique_prefix):
+def test_rerank_happy_path_with_reasons(stack, patient_config, redis, unique_prefix):
     now = now_ms()
-    ImpressionHistory.from_config(redis, config.rerank, unique_prefix).record("u1", ["seen1"], now - HOUR_MS)
+    ImpressionHistory.from_config(redis, patient_config.rerank, unique_prefix).record("u1", ["seen1"], now - HOUR_MS)
     cands = [
         _cand("s1", 0.95, category="sports", author="a1", channels=[common_pb2.ChannelScore(channel="popular", score=3.5, rank=0)]),
         _cand("s2", 0.90, category="sports", author="a2"),
@@ -64,7 +64,7 @@ def test_rerank_happy_path_with_reasons(stack, config, redis, unique_prefix):
     async def calls(stub, ch):
         return await stub.Rerank(req, timeout=5)
 
-    resp = _serve(config, stack.redis_url, unique_prefix, calls)
+    resp = _serve(patient_config, stack.redis_url, unique_prefix, calls)
     ids = [i.item_id for i in resp.items]
     assert [i.position for i in resp.items] == list(range(len(resp.items))) and len(ids) == 8
     assert not resp.degraded and resp.policy_version.startswith("default-")
@@ -82,7 +82,7 @@ def test_rerank_happy_path_with_reasons(stack, config, redis, unique_prefix):
     assert by_id["s1"].channels[0].channel == "popular" and by_id["s1"].channels[0].score == 3.5
 
 
-def test_disabled_rules_and_context_clock(stack, config, unique_prefix):
+def test_disabled_rules_and_context_clock(stack, patient_config, unique_prefix):
     cands = [_cand("a", 0.9, category="x"), _cand("b", 0.8, category="x"), _cand("c", 0.7, category="x"),
              _cand("d", 0.6, category="y", published_at_ms=1_000_000)]
     ts = 1_000_000 + HOUR_MS  # a client clock in the past is used as is: d is one hour old then
@@ -93,7 +93,7 @@ def test_disabled_rules_and_context_clock(stack, config, unique_prefix):
                                              context=common_pb2.RequestContext(timestamp_ms=ts)), timeout=5)
         return plain, clocked
 
-    plain, clocked = _serve(config, stack.redis_url, unique_prefix, calls)
+    plain, clocked = _serve(patient_config, stack.redis_url, unique_prefix, calls)
     assert [i.item_id for i in plain.items] == ["a", "b", "c", "d"]
     assert all(r.rule != "diversity" for i in plain.items for r in i.reasons)
     boosted = {i.item_id: i for i in clocked.items}["d"]
@@ -117,7 +117,7 @@ def test_disabled_rules_and_context_clock(stack, config, unique_prefix):
     (lambda r: r.candidates.append(_cand("ad_in_organic", 0.5, kind=common_pb2.ITEM_KIND_AD)), "candidates[2].kind"),
     (lambda r: r.injections.append(_cand("neg", 0.5, kind=common_pb2.ITEM_KIND_AD, requested_position=-1)), "injections[0].requested_position"),
 ])
-def test_malformed_requests_are_invalid_argument(stack, config, unique_prefix, mutate, field):
+def test_malformed_requests_are_invalid_argument(stack, patient_config, unique_prefix, mutate, field):
     req = _request(candidates=[_cand("a", 0.9), _cand("b", 0.8)])
     mutate(req)
 
@@ -126,12 +126,12 @@ def test_malformed_requests_are_invalid_argument(stack, config, unique_prefix, m
             await stub.Rerank(req, timeout=5)
         return err.value
 
-    err = _serve(config, stack.redis_url, unique_prefix, calls)
+    err = _serve(patient_config, stack.redis_url, unique_prefix, calls)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"'{field}'" in err.details()
 
 
-def test_health_and_reflection(stack, config, unique_prefix):
+def test_health_and_reflection(stack, patient_config, unique_prefix):
     async def calls(stub, ch):
         health = health_pb2_grpc.HealthStub(ch)
         statuses = [(await health.Check(health_pb2.HealthCheckRequest(service=s), timeout=2)).status
@@ -142,16 +142,16 @@ def test_health_and_reflection(stack, config, unique_prefix):
             names = [s.name for s in resp.list_services_response.service]
         return statuses, names
 
-    statuses, names = _serve(config, stack.redis_url, unique_prefix, calls)
+    statuses, names = _serve(patient_config, stack.redis_url, unique_prefix, calls)
     assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 2
     assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
 
 
-def test_without_redis_the_page_is_served_degraded(config):
+def test_without_redis_the_page_is_served_degraded(patient_config):
     async def calls(stub, ch):
         return await stub.Rerank(_request(candidates=[_cand("a", 0.9), _cand("b", 0.8)]), timeout=5)
 
-    resp = _serve(config, None, "unused", calls)
+    resp = _serve(patient_config, None, "unused", calls)
     assert [i.item_id for i in resp.items] == ["a", "b"]
     assert resp.degraded
     reasons = {(d.component, d.code, d.fallback) for d in resp.degraded_reasons}
