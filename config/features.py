@@ -16,6 +16,10 @@ Conventions
   feature of the view. Window aggregations are named
   ``<name or column_function>_<window>``, e.g. ``rating_mean_7d``.
 * Every view reads ``event_ts`` (UTC) as its event time.
+* Window aggregations hop by a hop that grows with the window (1d by 1 h, 7d
+  by 6 h, 30d by 1 d: `featurestore.definitions.default_hop`); set a view's
+  ``tile`` only to force one hop for every window. Changing a window's hop is
+  a breaking change (stored tiles no longer line up).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from featurestore.definitions import (
 )
 
 DAY = timedelta(days=1)
-WINDOWS = (1 * DAY, 7 * DAY, 30 * DAY)  # 1d, 7d, 30d
-TILE = timedelta(hours=1)
+# 1d, 7d, 30d. Each window hops by its default hop (featurestore.definitions.default_hop): 1d by 1 hour,
+# 7d by 6 hours, 30d by 1 day -- 24, 28 and 30 tiles online instead of 720 one-hour tiles for 30 days.
+WINDOWS = (1 * DAY, 7 * DAY, 30 * DAY)
 
 # --------------------------------------------------------------------------- entities
 
@@ -137,7 +142,6 @@ user_activity = WindowedFeatureView(
         Aggregation(AggregationFunction.MEAN, WINDOWS, column="rating"),  # rating_mean_1d, _7d, _30d
         Aggregation(AggregationFunction.LAST_N, (30 * DAY,), column="item_id", n=20, dtype=ValueType.INT64_LIST),  # item_id_last20_30d
     ),
-    tile=TILE,
     stream=rating_events,
     description="What a user rated recently: how much, how well, and which movies.",
 )
@@ -150,7 +154,6 @@ item_popularity = WindowedFeatureView(
         Aggregation(AggregationFunction.COUNT, WINDOWS, name="rating_count"),
         Aggregation(AggregationFunction.MEAN, WINDOWS, column="rating"),
     ),
-    tile=TILE,
     stream=rating_events,
     description="How often and how well a movie was rated recently.",
 )
@@ -220,7 +223,6 @@ syn_user_activity = WindowedFeatureView(
         Aggregation(AggregationFunction.COUNT, WINDOWS, name="click_count"),  # click_count_1d, _7d, _30d
         Aggregation(AggregationFunction.LAST_N, (30 * DAY,), column="item_id", n=50, dtype=ValueType.INT64_LIST),  # item_id_last50_30d
     ),
-    tile=TILE,
     stream=click_events,
     description="What a synthetic user clicked recently.",
 )
@@ -230,7 +232,6 @@ syn_item_popularity = WindowedFeatureView(
     entities=(item,),
     source=clicks,
     aggregations=(Aggregation(AggregationFunction.COUNT, WINDOWS, name="click_count"),),
-    tile=TILE,
     stream=click_events,
     description="How often a synthetic item was clicked recently.",
 )

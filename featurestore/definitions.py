@@ -191,37 +191,102 @@ class Aggregation:
         return ValueType.FLOAT64
 
 
+HOP_LADDER: tuple[timedelta, ...] = (timedelta(minutes=5), timedelta(hours=1), timedelta(hours=6), timedelta(days=1))
+"""The hops a window may get by default, finest first (Chronon's resolutions)."""
+MAX_HOPS_PER_WINDOW = 48
+"""A window gets the finest ladder hop that divides it into at most this many hops."""
+
+
+def default_hop(window: timedelta) -> timedelta:
+    """The hop of a window without an explicit `tile`: the smallest hop of `HOP_LADDER` that divides the
+    window into at most `MAX_HOPS_PER_WINDOW` hops (1d -> 1h: 24 hops; 7d -> 6h: 28; 30d -> 1d: 30; 1h -> 5m: 12).
+
+    A window no ladder hop divides into few enough hops (90 days) gets the coarsest ladder hop that divides
+    it (1d: 90 hops); one no ladder hop divides at all (7 minutes) needs an explicit `tile`.
+    """
+    w = int(window.total_seconds())
+    dividing = [h for h in HOP_LADDER if w % int(h.total_seconds()) == 0 and w > 0]
+    for h in dividing:
+        if w // int(h.total_seconds()) <= MAX_HOPS_PER_WINDOW:
+            return h
+    if dividing:
+        return dividing[-1]
+    raise ValueError(f"window {window_label(window)} is not a multiple of any default hop "
+                     f"({', '.join(window_label(h) for h in HOP_LADDER)}): set the view's `tile`")
+
+
 @dataclass(frozen=True)
 class WindowedFeatureView:
     """Window aggregations over an event source, computed identically in batch and streaming.
 
-    Windows hop by `tile`: the value as of time t aggregates events with
-    ``tile_start(t) - window + tile <= ts <= t`` where ``tile_start(t) = floor(t / tile) * tile``.
-    Both paths sum the same tiles, so the online value equals the offline one
-    exactly (Chronon's tiling). Every window must be a multiple of `tile`.
-    A LAST_N aggregation keeps the n most recent values (ties on time broken by
-    arrival order) within the window.
+    Every window hops by its own `hop` (Chronon's sawtooth windows): the value
+    as of time t aggregates the events with
+    ``hop_start(t) - window + hop <= ts <= t`` where ``hop_start(t) = floor(t / hop) * hop``
+    (epoch-aligned UTC). So a window is exact at its new end and moves by whole
+    hops at its old end; it spans between ``window - hop`` and ``window``.
+
+    The hop of a window is `tile` when the view sets it (every window then hops
+    by it and must be a multiple of it), else `default_hop(window)`: with the
+    default ladder 1d windows hop by 1h, 7d by 6h, 30d by 1d. Coarser hops for
+    longer windows keep the state small (24 + 28 + 30 hops for 1d/7d/30d
+    instead of 720 one-hour tiles). Changing a window's hop changes what is
+    stored (the registry treats it as breaking).
+
+    COUNT/SUM/MEAN are sums of per-hop partial aggregates ("tiles"), the same
+    in batch and streaming, so the online value equals the offline one
+    exactly. A LAST_N aggregation keeps the n most recent non-null values
+    (ties on time broken by arrival order) with ``ts`` in its window, with the
+    same per-window hop rule; it is not tiled: the n most recent values in a
+    window are the in-window members of the n most recent values overall.
     """
 
     name: str
     entities: tuple[Entity, ...]
     source: BatchSource
     aggregations: tuple[Aggregation, ...]
-    tile: timedelta = timedelta(hours=1)
+    tile: timedelta | None = None  # None: each window its default hop; set: every window hops by it
     stream: StreamSource | None = None
     online: bool = True
     description: str = ""
 
     def __post_init__(self) -> None:
         _check_name("feature view", self.name)
-        tile_s = int(self.tile.total_seconds())
-        if tile_s <= 0:
-            raise ValueError(f"{self.name}: tile must be positive")
-        for agg in self.aggregations:
-            for w in agg.windows:
-                if int(w.total_seconds()) % tile_s:
-                    raise ValueError(f"{self.name}: window {window_label(w)} is not a multiple of tile {window_label(self.tile)}")
+        if self.tile is not None:
+            tile_s = int(self.tile.total_seconds())
+            if tile_s <= 0 or self.tile != timedelta(seconds=tile_s):
+                raise ValueError(f"{self.name}: tile must be positive (whole seconds)")
+            for agg in self.aggregations:
+                for w in agg.windows:
+                    if int(w.total_seconds()) % tile_s:
+                        raise ValueError(f"{self.name}: window {window_label(w)} is not a multiple of tile {window_label(self.tile)}")
+        else:
+            for agg in self.aggregations:
+                for w in agg.windows:
+                    try:
+                        default_hop(w)
+                    except ValueError as exc:
+                        raise ValueError(f"{self.name}: {exc}") from None
         _unique(self.name, [n for a in self.aggregations for n in a.output_names()])
+
+    def hop(self, window: timedelta) -> timedelta:
+        """The hop of `window`: `tile` when set, else `default_hop(window)`."""
+        return self.tile if self.tile is not None else default_hop(window)
+
+    @property
+    def hops(self) -> tuple[timedelta, ...]:
+        """The distinct hops of the view's windows, finest first."""
+        return tuple(sorted({self.hop(w) for a in self.aggregations for w in a.windows}))
+
+    def hop_windows(self) -> dict[timedelta, timedelta]:
+        """Each hop of a COUNT/SUM/MEAN window -> the longest such window with that hop (its ring spans it)."""
+        out: dict[timedelta, timedelta] = {}
+        for a in self.aggregations:
+            if a.function is AggregationFunction.LAST_N:
+                continue
+            for w in a.windows:
+                h = self.hop(w)
+                out[h] = max(out.get(h, w), w)
+        return dict(sorted(out.items()))
 
     @property
     def join_keys(self) -> tuple[str, ...]:

@@ -7,11 +7,13 @@ For each online view:
   state file, when given, mirrors the watermarks and the last run's counts for
   people and tools; Redis is the truth, so a flushed server is re-filled from
   the beginning even if the file says otherwise;
-* a `FeatureView` streams `offline_store.latest_rows(view, as_of=end, since=start)`,
-  a `WindowedFeatureView` streams `offline_store.iter_tiles(view, start, end)`
-  (or takes `tiles(view, start, end)`, a stream or one table) from the
-  tile of `start` (a partly written tile is rewritten whole) but never before
-  the oldest tile its ring keeps at `end`;
+* a `FeatureView` streams `offline_store.latest_rows(view, as_of=end, since=start)`;
+* a `WindowedFeatureView` streams `offline_store.iter_tiles(view, end=cut - 1us, ring=True)`
+  (or takes `tiles(...)`, a stream or one table): per entity the whole state
+  its online rings and lists keep as of the cut, written whole per entity
+  (`OnlineStore.write_tiles`), so `start` does not apply to it (the rings are
+  bounded by the longest window, and rewriting them whole is what makes a
+  re-run exact). The cut and who owns which tiles: see "Batch and stream" below;
 * batches are re-cut into chunks of `config.features.materialize_chunk_rows`
   rows, so memory stays flat however long the range: at most one chunk is being
   written (a worker thread, overlapping the server's work with reading and
@@ -22,10 +24,45 @@ For each online view:
 * the watermark moves to `end` only after every chunk of the view is written.
   A crash leaves it where it was; the rerun repeats the range, and the rows
   already written are skipped. There is no half state to repair.
+
+Batch and stream (windowed views)
+---------------------------------
+Both paths write the same per-entity state, so each event must be counted by
+exactly one of them, and neither may erase the other's. The rule:
+
+* **batch_through** (per view, and per entity in its state hash): every event
+  before it is the batch's. Materializing as of `end` sets it to the cut,
+  ``end + 1us`` when no stream runs. The streaming updater skips events with
+  ``ts < batch_through`` and counts them as ``covered_by_batch`` (it may be
+  replaying a topic the batch already read); both checks sit inside the same
+  atomic script as the update, so a materialization racing the stream never
+  double counts.
+* **stream_from** (per view, and per entity): the oldest event time the stream
+  has applied. Tiles starting at or after ``floor(stream_from, coarsest hop)``
+  are the stream's: it added events into them, and a batch write would erase
+  those increments (or, for the tile holding the cut, count the overlap twice).
+  So an incremental materialization is clamped: the cut is
+  ``min(end + 1us, floor(stream_from, coarsest hop))``, the batch state is
+  computed as of the cut, and only slots of tiles ending at or before it are
+  written (per entity the script clamps again to the entity's own
+  stream_from, for a stream that starts while the batch is running). The
+  coarsest hop of the view is a multiple of all its hops (the default ladder
+  5m | 1h | 6h | 1d), so the cut is a tile boundary in every ring. A cut at
+  or before the current batch_through writes nothing.
+
+Both orders give the offline values: materialize then stream (the stream skips
+what the batch wrote and adds the rest, also into the tile holding the cut),
+and stream then materialize (the batch fills the tiles before the stream's
+start, the stream keeps its own) -- provided the stream saw every event from
+``floor(stream_from, coarsest hop)`` on (its topic reaches back that far).
+Events missing from the offline source when it is materialized (it lags the
+stream) are not the batch's to fix: materialize up to where the source is
+complete.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -37,7 +74,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from featurestore.definitions import FeatureView, WindowedFeatureView
@@ -51,7 +90,8 @@ class OfflineSource(Protocol):
 
     def latest_rows(self, view: FeatureView, as_of: datetime, since: datetime | None) -> Iterable[pa.RecordBatch]: ...
 
-    def tiles(self, view: WindowedFeatureView, start: datetime | None, end: datetime) -> Iterable[pa.RecordBatch]: ...
+    def tiles(self, view: WindowedFeatureView, start: datetime | None, end: datetime, *,
+              ring: bool = False) -> Iterable[pa.RecordBatch]: ...
 
 
 @dataclass
@@ -62,8 +102,9 @@ class ViewReport:
     start: datetime | None
     end: datetime
     rows_read: int = 0
-    rows_written: int = 0
+    rows_written: int = 0  # rows (FeatureView), or entities whose window state changed (WindowedFeatureView)
     chunks: int = 0
+    through: datetime | None = None  # windowed: the batch-through after this run (the clamped cut)
     seconds: float = 0.0
     up_to_date: bool = False
 
@@ -99,6 +140,7 @@ class MaterializeReport:
             d = asdict(v)
             d["start"] = v.start.isoformat() if v.start else None
             d["end"] = v.end.isoformat()
+            d["through"] = v.through.isoformat() if v.through else None
             d["rows_skipped"] = v.rows_skipped
             return d
 
@@ -106,12 +148,19 @@ class MaterializeReport:
                 "views": [plain(v) for v in self.views]}
 
 
-def rechunk(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator[pa.Table]:
-    """Re-cut a stream of batches into tables of exactly `rows` rows (the last may be shorter); zero-copy slices."""
+def rechunk(batches: Iterable[pa.RecordBatch | pa.Table], rows: int, keys: Sequence[str] = ()) -> Iterator[pa.Table]:
+    """Re-cut a stream of batches into tables of exactly `rows` rows (the last may be shorter); zero-copy slices.
+
+    With `keys` (the rows come ordered by them), a table ends only where the key changes: the rows of
+    one entity are never split (a table may then hold more than `rows` rows).
+    """
     if rows <= 0:
         raise ValueError("chunk rows must be positive")
     if isinstance(batches, (pa.Table, pa.RecordBatch)):  # one table rather than a stream of them
         batches = [batches]
+    if keys:
+        yield from _rechunk_by_key(batches, rows, list(keys))
+        return
     pending: list[pa.RecordBatch] = []
     count = 0
     for item in batches:
@@ -125,6 +174,40 @@ def rechunk(batches: Iterable[pa.RecordBatch | pa.Table], rows: int) -> Iterator
                 if count == rows:
                     yield pa.Table.from_batches(pending)
                     pending, count = [], 0
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+def _trailing_run(table: pa.Table, keys: list[str]) -> int:
+    """Index where the run of rows sharing the last row's key starts."""
+    same = None
+    for k in keys:
+        col = table.column(k)
+        eq = pc.fill_null(pc.equal(col, col[table.num_rows - 1]), False)
+        same = eq if same is None else pc.and_(same, eq)
+    flags = same.to_numpy(zero_copy_only=False)
+    differ = np.flatnonzero(~flags)
+    return int(differ[-1]) + 1 if len(differ) else 0
+
+
+def _rechunk_by_key(batches: Iterable[pa.RecordBatch | pa.Table], rows: int, keys: list[str]) -> Iterator[pa.Table]:
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for item in batches:
+        for rb in item.to_batches() if isinstance(item, pa.Table) else [item]:
+            if not rb.num_rows:
+                continue
+            pending.append(rb)
+            count += rb.num_rows
+            if count < rows:
+                continue
+            table = pa.Table.from_batches(pending)
+            cut = _trailing_run(table, keys)
+            if cut == 0:  # one entity so far: keep collecting
+                continue
+            yield table.slice(0, cut)
+            rest = table.slice(cut)
+            pending, count = rest.to_batches(), rest.num_rows
     if count:
         yield pa.Table.from_batches(pending)
 
@@ -201,14 +284,25 @@ def _materialize_view(offline_store: OfflineSource, online: OnlineStore, view: F
         vr.up_to_date = True
         vr.seconds = time.perf_counter() - t0
         return vr
+    cut_us: int | None = None
     if windowed:
-        tile_us = td_micros(view.tile)
-        end_tile = to_micros(end) // tile_us * tile_us
-        oldest = end_tile - td_micros(view.ttl)  # the ring's oldest tile as of `end`
-        first = oldest if since is None else max(oldest, to_micros(since) // tile_us * tile_us)
-        vr.start = from_micros(first)
+        # The cut: every event before it is written by this run (see "Batch and stream" above).
+        coarsest = max(td_micros(h) for h in view.hops)
+        through_old = online.get_batch_through(view)
+        stream_from = online.get_stream_from(view)
+        cut_us = to_micros(end) + 1
+        if stream_from is not None:
+            cut_us = min(cut_us, stream_from - stream_from % coarsest)
+        vr.start = None
+        if through_old is not None and cut_us < through_old:  # the stream owns everything after the batch
+            vr.through = from_micros(through_old)
+            online.set_watermark(view, end)
+            vr.seconds = time.perf_counter() - t0
+            return vr
+        as_of = from_micros(cut_us - 1)
         stream = getattr(offline_store, "iter_tiles", None)  # OfflineStore streams tiles; `tiles` is one Table
-        source: Iterable[Any] = stream(view, vr.start, end) if stream else offline_store.tiles(view, vr.start, end)
+        source: Iterable[Any] = (stream(view, end=as_of, ring=True) if stream
+                                 else offline_store.tiles(view, None, as_of, ring=True))
     else:
         source = offline_store.latest_rows(view, as_of=end, since=since)
 
@@ -216,9 +310,9 @@ def _materialize_view(offline_store: OfflineSource, online: OnlineStore, view: F
                dynamic_ncols=True, leave=False)
     in_flight: Future[int] | None = None
     try:
-        for chunk in rechunk(source, chunk_rows):
+        for chunk in rechunk(source, chunk_rows, view.join_keys if windowed else ()):
             if windowed:
-                job = (online.write_tiles, view, chunk)
+                job = (functools.partial(online.write_tiles, through=cut_us), view, chunk)
             else:
                 keys, values = online.encode_rows(view, chunk)  # encode here, write on the worker: they overlap
                 job = (online.write_packed, keys, values)
@@ -238,6 +332,15 @@ def _materialize_view(offline_store: OfflineSource, online: OnlineStore, view: F
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
         bar.close()
+    if windowed:
+        # A stream that started meanwhile owns what it applied: the view's batch-through must not pass it
+        # (the entities it touched were clamped by the write script itself).
+        stream_from = online.get_stream_from(view)
+        through = cut_us if stream_from is None else min(cut_us, stream_from - stream_from % coarsest)
+        old = online.get_batch_through(view)
+        through = max(through, old) if old is not None else through
+        online.set_batch_through(view, through)
+        vr.through = from_micros(through)
     online.set_watermark(view, end)
     vr.seconds = time.perf_counter() - t0
     return vr

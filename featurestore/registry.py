@@ -21,7 +21,8 @@ wrong are *breaking* and refused unless ``allow_breaking``:
   apply, then remove the feature);
 * an entity's join keys, or a view's entities, change;
 * a view's source timestamp field changes;
-* a window view's tile, or an existing aggregation's function/column/n/type, changes;
+* the hop of an existing window of a window view changes (its `tile`, or the default ladder's choice
+  when `tile` is set or unset), or an existing aggregation's function/column/n/type;
 * a view changes kind.
 
 Versions. Each view carries a ``version``: its fingerprint when it was added
@@ -46,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from featurestore.definitions import RequestFeatureView, WindowedFeatureView, fingerprint, window_label
+from featurestore.definitions import RequestFeatureView, WindowedFeatureView, default_hop, fingerprint, window_label
 from featurestore.repository import FeatureRepo, object_spec
 
 try:  # POSIX advisory lock; without it concurrent applies are not serialised
@@ -556,8 +557,11 @@ def _check_view(name: str, prev: dict, rec: dict, used_by: dict) -> tuple[list[s
     elif old_src != new_src:
         warnings.append(f"{name}: source changes; re-materialize so stored values come from the new source")
     if rec["kind"] == prev["kind"] == WindowedFeatureView.__name__:
-        if po.get("tile") != pn.get("tile"):
-            breaks(f"tile changes {_show(po.get('tile'))} -> {_show(pn.get('tile'))}; stored tiles no longer line up")
+        old_hops, new_hops = _hops(po), _hops(pn)
+        moved = [(w, old_hops[w], new_hops[w]) for w in new_hops if w in old_hops and old_hops[w] != new_hops[w]]
+        if moved:
+            what = ", ".join(f"{_label(w)}: {_label(a)} -> {_label(b)}" for w, a, b in sorted(moved))
+            breaks(f"hops change ({what}); stored tiles no longer line up")
         old_aggs, new_aggs = _aggs_by_key(po), _aggs_by_key(pn)
         for key, agg in new_aggs.items():
             before = old_aggs.get(key)
@@ -620,6 +624,27 @@ def _agg_key(agg: Mapping[str, Any]) -> str:
     if agg.get("function") == "last_n":
         return f"{agg.get('column')}_last{agg.get('n')}"
     return f"{agg['column']}_{agg['function']}" if agg.get("column") else agg["function"]
+
+
+def _hops(view_spec: Mapping[str, Any]) -> dict[float, float]:
+    """{window seconds: hop seconds} of a windowed view's spec (an explicit tile, else the default ladder)."""
+    tile = view_spec.get("tile")
+    out: dict[float, float] = {}
+    for agg in view_spec.get("aggregations", []):
+        for w in agg.get("windows", []):
+            seconds = w["seconds"] if _is_duration(w) else float(w)
+            if tile:
+                out[seconds] = tile["seconds"]
+            else:
+                try:
+                    out[seconds] = default_hop(timedelta(seconds=seconds)).total_seconds()
+                except ValueError:
+                    out[seconds] = float("nan")
+    return out
+
+
+def _label(seconds: float) -> str:
+    return _show({"seconds": seconds})
 
 
 def _aggs_by_key(view_spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

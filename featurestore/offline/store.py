@@ -283,7 +283,6 @@ class OfflineStore:
         types = {names[o.name]: ARROW_TYPE[o.dtype] for o in wanted}
         if t_min is None:
             return _nulls(types, n)
-        tile = td_ns(view.tile)
         keys = view.join_keys
         src = self.resolve(view.source, cur)
         result: dict[str, pa.ChunkedArray] = {}
@@ -293,20 +292,21 @@ class OfflineStore:
             table = table.rename_columns([ROW] + [names[o.name] for o in group])
             result.update(_align(table, n, {names[o.name]: types[names[o.name]] for o in group}))
 
+        def lo_min(group: list[windows.WindowOutput]) -> int:
+            return min(windows.lo_ns(t_min, o.hop_ns, o.window_ns) for o in group)
+
         plain = [o for o in wanted if o.function is not AggregationFunction.LAST_N]
         if plain:
-            lo_min = (t_min - t_min % tile) - max(o.window_ns for o in plain) + tile
             cols = [o.column for o in plain if o.column and o.function is not AggregationFunction.COUNT]
-            run(windows.aggregates_sql(events_sql=src.events_sql(keys, cols), keys=keys, tile_ns=tile,
-                                       wanted=plain, lo_min=lo_min, t_max=t_max), plain)
+            run(windows.aggregates_sql(events_sql=src.events_sql(keys, cols), keys=keys, wanted=plain,
+                                       lo_min=lo_min(plain), t_max=t_max), plain)
         _, last = windows.state_columns(view)
         for column in dict.fromkeys(o.column for o in wanted if o.function is AggregationFunction.LAST_N):
             group = [o for o in wanted if o.function is AggregationFunction.LAST_N and o.column == column]
             keep, dtype = last[column]
-            lo_min = (t_min - t_min % tile) - max(o.window_ns for o in group) + tile
-            run(windows.last_n_sql(events_sql=src.events_sql(keys, [column]), keys=keys, tile_ns=tile, column=column,
+            run(windows.last_n_sql(events_sql=src.events_sql(keys, [column]), keys=keys, column=column,
                                    keep=max(o.n for o in group), dtype=dtype, wanted=group,
-                                   lo_min=lo_min, t_max=t_max), group)
+                                   lo_min=lo_min(group), t_max=t_max), group)
         return result
 
     # ------------------------------------------------------- materialization
@@ -336,42 +336,49 @@ class OfflineStore:
             cur.close()
 
     def iter_tiles(self, view: WindowedFeatureView, start: datetime | None = None, end: datetime | None = None,
-                   *, chunk_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+                   *, ring: bool = False, chunk_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """`tiles` as a stream of RecordBatches of at most `chunk_rows` rows."""
         if not isinstance(view, WindowedFeatureView):
             raise TypeError(f"tiles are kept for WindowedFeatureViews; {view.name!r} is {type(view).__name__}")
         cur = self._cursor()
         try:
-            src = self.resolve(view.source, cur)
-            sums, last = windows.state_columns(view)
-            sql = windows.tiles_sql(view=view, events_sql=src.events_sql(view.join_keys, [*sums, *last]),
-                                    start_ns=dt_ns(start) if start is not None else None,
-                                    end_ns=dt_ns(end) if end is not None else None)
-            yield from _stream(cur.sql(sql), chunk_rows or self.chunk_rows)
+            for batch in _stream(cur.sql(self._tiles_sql(cur, view, start, end, ring)), chunk_rows or self.chunk_rows):
+                yield _hop_as_duration(batch)
         finally:
             cur.close()
 
-    def tiles(self, view: WindowedFeatureView, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
-        """Per (entity, tile) partial aggregates of the events with ``tile_start(start) <= ts <= end``.
+    def _tiles_sql(self, cur: duckdb.DuckDBPyConnection, view: WindowedFeatureView, start: datetime | None,
+                   end: datetime | None, ring: bool) -> str:
+        src = self.resolve(view.source, cur)
+        sums, last = windows.state_columns(view)
+        return windows.tiles_sql(view=view, events_sql=src.events_sql(view.join_keys, [*sums, *last]),
+                                 start_ns=dt_ns(start) if start is not None else None,
+                                 end_ns=dt_ns(end) if end is not None else None, ring=ring)
 
-        Columns (the online store's tile layout, `featurestore.online.codec`):
-        the join keys, ``tile_start`` (timestamp[us, UTC], epoch-aligned),
-        ``count`` (events), for each SUM/MEAN column ``<col>_sum`` (float64, 0.0
-        when no value) and ``<col>_count`` (non-null values), for each LAST_N
-        column ``<col>_last_n`` (up to the largest n of its aggregations, most
-        recent last) and ``<col>_last_n_ts``. The tile holding `end` only has
-        the events up to `end`. Ordered by keys, then tile.
+    def tiles(self, view: WindowedFeatureView, start: datetime | None = None, end: datetime | None = None,
+              *, ring: bool = False) -> pa.Table:
+        """The state the online store keeps for a windowed view, from the events with ``ts <= end``.
+
+        Per hop of the view's COUNT/SUM/MEAN windows (`WindowedFeatureView.hop_windows`), one row per
+        (entity, tile): the join keys, ``hop`` (duration[us]), ``tile_start`` (timestamp[us, UTC],
+        epoch-aligned to the hop, from the tile holding `start` on), ``count`` (events), for each
+        SUM/MEAN column ``<col>_sum`` (float64, 0.0 when no value) and ``<col>_count`` (non-null
+        values). The tile holding `end` only has the events up to `end`. When the view has LAST_N
+        aggregations, also one row per entity with ``hop``, ``tile_start`` and the numbers NULL and,
+        per LAST_N column, ``<col>_last_n`` (the largest n of its aggregations most recent non-null
+        values with ``start <= ts``, most recent LAST) and ``<col>_last_n_ts`` (their times); those
+        columns are NULL on tile rows. `ring=True`: exactly what the online store keeps as of `end`
+        (per hop its ring's ``longest window / hop + 1`` newest tiles; last-n values within the
+        longest last-n window of `end`); `start` is then ignored. Ordered by keys, then hop (the
+        last-n row first), then tile.
         """
-        batches = list(self.iter_tiles(view, start, end))
+        batches = list(self.iter_tiles(view, start, end, ring=ring))
         if batches:
             return pa.Table.from_batches(batches)
         cur = self._cursor()  # no rows: still the right schema
         try:
-            src = self.resolve(view.source, cur)
-            sums, last = windows.state_columns(view)
-            sql = windows.tiles_sql(view=view, events_sql=src.events_sql(view.join_keys, [*sums, *last]),
-                                    start_ns=None, end_ns=None)
-            return cur.sql(f"SELECT * FROM ({sql}) LIMIT 0").to_arrow_table()
+            sql = self._tiles_sql(cur, view, None, end if ring else None, ring)
+            return _hop_as_duration(cur.sql(f"SELECT * FROM ({sql}) LIMIT 0").to_arrow_table())
         finally:
             cur.close()
 
@@ -439,6 +446,14 @@ def _align(result: pa.Table, n: int, types: Mapping[str, pa.DataType]) -> dict[s
         col = result.column(name)
         out[name] = col if col.type == t else col.cast(t)
     return out
+
+
+def _hop_as_duration(batch: pa.RecordBatch | pa.Table) -> Any:
+    """The tiles' ``hop`` column (BIGINT microseconds in SQL) as duration[us]."""
+    i = batch.schema.get_field_index(windows.HOP)
+    if i < 0 or pa.types.is_duration(batch.schema.field(i).type):
+        return batch
+    return batch.set_column(i, windows.HOP, batch.column(i).cast(pa.duration("us")))
 
 
 def _stream(rel: duckdb.DuckDBPyRelation, chunk_rows: int) -> Iterator[pa.RecordBatch]:

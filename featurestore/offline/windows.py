@@ -1,18 +1,21 @@
 """Window aggregations (`WindowedFeatureView`) offline, and the tiles the online side keeps.
 
 Semantics (the view's docstring): the value as of time t aggregates the events
-with ``tile_start(t) - window + tile <= ts <= t``, where
-``tile_start(t) = floor(t / tile) * tile`` on epoch-aligned UTC tiles. So the
-window hops by whole tiles at its old end and is exact at its new end: with a
-1 h tile and a 24 h window, a label at 10:30 sees events from 10:00 the day
-before up to 10:30 included.
+with ``hop_start(t) - window + hop <= ts <= t``, where
+``hop_start(t) = floor(t / hop) * hop`` on epoch-aligned UTC hops and `hop` is
+the window's own (`WindowedFeatureView.hop(window)`: the view's `tile`, or the
+default ladder: 1d -> 1h, 7d -> 6h, 30d -> 1d). So the window hops by whole
+hops at its old end and is exact at its new end: with a 1 h hop and a 24 h
+window, a label at 10:30 sees events from 10:00 the day before up to 10:30
+included; with a 6 h hop and a 7 d window, from 06:00 seven days before.
 
 * COUNT: events in the window (rows; the column is ignored), int64, 0 when none.
 * SUM: sum of the column's non-null values, float64, 0.0 when there are none.
 * MEAN: SUM / number of non-null values, float64, NULL when there are none.
-* LAST_N: the n most recent non-null values of the column in the window, most
-  recent first; ties on the timestamp are broken by source order (the later
-  row is the more recent). An empty list when there are none.
+* LAST_N: the n most recent non-null values of the column in the window (the
+  window's own hop rule, as above), most recent first; ties on the timestamp
+  are broken by source order (the later row is the more recent). An empty list
+  when there are none.
 * A label row with a NULL timestamp gets NULL for every output; a label whose
   entity has no events gets the "none" values above.
 
@@ -34,10 +37,13 @@ events of 100k users; 8 outputs: count over 1 h / 1 d / 7 d, sum and mean over
   ~5 s for the case above; a windowed ``arg_max(v, order, n)`` over the RANGE
   frame took 12-15 s, one list of (time, value) structs instead of two lists 12 s.
 
-`tiles_sql` computes the partial state per (entity, tile) that the online
-store keeps (``featurestore.online.codec``: ``count``, ``<col>_sum``,
-``<col>_count``, ``<col>_last_n`` oldest first, ``<col>_last_n_ts``), and
-`combine_tiles` is the arithmetic that turns tiles into window values; the
+`tiles_sql` computes the state the online store keeps per entity
+(``featurestore.online``): per hop of the view's COUNT/SUM/MEAN windows, one
+row per (entity, hop, tile) with ``count``, ``<col>_sum``, ``<col>_count``;
+and, when the view has LAST_N aggregations, one row per entity with ``hop``
+NULL holding ``<col>_last_n`` (the n most recent non-null values, oldest
+first) and ``<col>_last_n_ts`` -- last-N is not tiled. `combine_tiles` is the
+arithmetic that turns those rows into window values (the online read's); the
 tests check that it gives what the training set gives.
 """
 
@@ -52,6 +58,7 @@ from featurestore.definitions import AggregationFunction, ValueType, WindowedFea
 from featurestore.offline._sql import DUCK_TYPE, TWO_64, dt_ns, floor_mod, ident, ns_to_timestamptz, td_ns
 
 # Tile table columns, as `featurestore.online.codec` names them.
+HOP = "hop"  # duration[us]; NULL on an entity's last-n row
 TILE_START = "tile_start"
 TILE_COUNT = "count"
 SUM_SUFFIX = "_sum"
@@ -68,6 +75,7 @@ class WindowOutput:
     column: str | None
     n: int | None
     dtype: ValueType
+    hop_ns: int
 
 
 def outputs(view: WindowedFeatureView) -> dict[str, WindowOutput]:
@@ -75,7 +83,22 @@ def outputs(view: WindowedFeatureView) -> dict[str, WindowOutput]:
     out: dict[str, WindowOutput] = {}
     for agg in view.aggregations:
         for name, w in zip(agg.output_names(), agg.windows):
-            out[name] = WindowOutput(name, agg.function, td_ns(w), agg.column, agg.n, agg.output_type())
+            out[name] = WindowOutput(name, agg.function, td_ns(w), agg.column, agg.n, agg.output_type(),
+                                     td_ns(view.hop(w)))
+    return out
+
+
+def lo_ns(t_ns: int, hop_ns: int, window_ns: int) -> int:
+    """The first instant of the window as of `t`: ``hop_start(t) - window + hop``."""
+    return t_ns - t_ns % hop_ns - window_ns + hop_ns
+
+
+def last_n_windows(view: WindowedFeatureView) -> dict[str, int]:
+    """{LAST_N column: its longest window in ns}: older values are in no window of a later read."""
+    out: dict[str, int] = {}
+    for agg in view.aggregations:
+        if agg.function is AggregationFunction.LAST_N:
+            out[agg.column] = max(out.get(agg.column, 0), *(td_ns(w) for w in agg.windows))
     return out
 
 
@@ -98,12 +121,12 @@ def element_type(dtype: ValueType) -> str:
     return DUCK_TYPE[dtype].removesuffix("[]")
 
 
-def frame_offset(tile_ns: int, window_ns: int, t: str = "__t") -> str:
-    """SQL of ``t - lo(t)`` where ``lo(t) = tile_start(t) - window + tile``: how far the window reaches back."""
-    return f"({floor_mod(t, tile_ns)} + {window_ns - tile_ns})"
+def frame_offset(hop_ns: int, window_ns: int, t: str = "__t") -> str:
+    """SQL of ``t - lo(t)`` where ``lo(t) = hop_start(t) - window + hop``: how far the window reaches back."""
+    return f"({floor_mod(t, hop_ns)} + {window_ns - hop_ns})"
 
 
-def aggregates_sql(*, events_sql: str, keys: Sequence[str], tile_ns: int, wanted: Sequence[WindowOutput],
+def aggregates_sql(*, events_sql: str, keys: Sequence[str], wanted: Sequence[WindowOutput],
                    lo_min: int, t_max: int) -> str:
     """COUNT/SUM/MEAN outputs for the labels (``__lab``) with a timestamp: (__row, outputs...) by __row."""
     k = ", ".join(ident(x) for x in keys)
@@ -111,11 +134,11 @@ def aggregates_sql(*, events_sql: str, keys: Sequence[str], tile_ns: int, wanted
     v_alias = {c: f"__v{i}" for i, c in enumerate(value_cols)}
     ev_vals = "".join(f", CAST({ident(c)} AS DOUBLE) AS {v_alias[c]}" for c in value_cols)
     lb_vals = "".join(f", CAST(NULL AS DOUBLE) AS {v_alias[c]}" for c in value_cols)
-    windows = sorted({o.window_ns for o in wanted})
+    windows = sorted({(o.window_ns, o.hop_ns) for o in wanted})
     w_name = {w: f"w{i}" for i, w in enumerate(windows)}
     sel = []
     for o in wanted:
-        w = w_name[o.window_ns]
+        w = w_name[(o.window_ns, o.hop_ns)]
         if o.function is AggregationFunction.COUNT:
             sel.append(f"count(__ev) OVER {w} AS {ident(o.name)}")
         elif o.function is AggregationFunction.SUM:
@@ -123,8 +146,8 @@ def aggregates_sql(*, events_sql: str, keys: Sequence[str], tile_ns: int, wanted
         else:
             sel.append(f"avg({v_alias[o.column]}) OVER {w} AS {ident(o.name)}")
     wins = ", ".join(
-        f"{w_name[w]} AS (PARTITION BY {k} ORDER BY __t RANGE BETWEEN {frame_offset(tile_ns, w)} PRECEDING AND CURRENT ROW)"
-        for w in windows)
+        f"{w_name[(w, h)]} AS (PARTITION BY {k} ORDER BY __t RANGE BETWEEN {frame_offset(h, w)} PRECEDING AND CURRENT ROW)"
+        for w, h in windows)
     lab_keys = ", ".join(f"{ident(x)}" for x in keys)
     return (
         f"WITH lb AS (SELECT __row, {lab_keys}, __t FROM __lab WHERE __t IS NOT NULL), "
@@ -136,16 +159,20 @@ def aggregates_sql(*, events_sql: str, keys: Sequence[str], tile_ns: int, wanted
     )
 
 
-def last_n_sql(*, events_sql: str, keys: Sequence[str], tile_ns: int, column: str, keep: int, dtype: ValueType,
+def last_n_sql(*, events_sql: str, keys: Sequence[str], column: str, keep: int, dtype: ValueType,
                wanted: Sequence[WindowOutput], lo_min: int, t_max: int) -> str:
-    """LAST_N outputs of one column for the labels with a timestamp: (__row, outputs...) by __row."""
+    """LAST_N outputs of one column for the labels with a timestamp: (__row, outputs...) by __row.
+
+    Each output filters the label's trailing `keep` most recent values to its own window (its hop's
+    ``lo(t)``): the n most recent values inside a window are the in-window ones among the most recent.
+    """
     k = ", ".join(ident(x) for x in keys)
     et = element_type(dtype)
-    lo_cols = {o.window_ns: f"__lo{i}" for i, o in enumerate(wanted)}
-    lb_lo = "".join(f", __t - {frame_offset(tile_ns, w)} AS {a}" for w, a in lo_cols.items())
+    lo_cols = {wh: f"__lo{i}" for i, wh in enumerate(dict.fromkeys((o.window_ns, o.hop_ns) for o in wanted))}
+    lb_lo = "".join(f", __t - {frame_offset(h, w)} AS {a}" for (w, h), a in lo_cols.items())
     sel = []
     for o in wanted:
-        kept = f"list_reverse(list_filter(tr.__lv, lambda x, i: tr.__lt[i] >= l.{lo_cols[o.window_ns]}))[1:{o.n}]"
+        kept = f"list_reverse(list_filter(tr.__lv, lambda x, i: tr.__lt[i] >= l.{lo_cols[(o.window_ns, o.hop_ns)]}))[1:{o.n}]"
         sel.append(f"coalesce({kept}, CAST([] AS {et}[])) AS {ident(o.name)}")
     on = " AND ".join(f"l.{ident(x)} = tr.{ident(x)}" for x in keys)
     return (
@@ -160,65 +187,120 @@ def last_n_sql(*, events_sql: str, keys: Sequence[str], tile_ns: int, column: st
     )
 
 
-def tiles_sql(*, view: WindowedFeatureView, events_sql: str, start_ns: int | None, end_ns: int | None) -> str:
-    """Per (entity, tile) partial state of events with ``tile_start(start) <= ts <= end``, in no particular order.
+def ring_start_ns(end_ns: int, hop_ns: int, longest_ns: int) -> int:
+    """The oldest tile start the online ring of a hop keeps as of `end` (longest window / hop + 1 tiles)."""
+    return end_ns - end_ns % hop_ns - longest_ns
 
-    Every tile holds all its events except the one containing `end`, which holds
-    those up to `end`: exactly what the online ring holds as of `end`.
+
+def tiles_sql(*, view: WindowedFeatureView, events_sql: str, start_ns: int | None, end_ns: int | None,
+              ring: bool = False) -> str:
+    """The online state of the events with ``ts <= end``, in the layout `OfflineStore.tiles` documents.
+
+    Per hop (of the COUNT/SUM/MEAN windows): one row per (entity, tile) of the events with
+    ``hop_start(start) <= ts``; every tile holds all its events except the one holding `end`, which
+    holds those up to `end`. Per entity with LAST_N aggregations: one row (``hop`` NULL) with the n
+    most recent non-null values with ``start <= ts``. With `ring` (needs `end`; `start` is ignored),
+    what the online store keeps as of `end`: per hop the newest ``longest window / hop + 1`` tiles, and
+    the last-n values no older than ``end - longest last-n window``. Ordered by the keys (an entity's
+    rows are adjacent), then hop (last-n row first), then tile.
     """
-    tile = td_ns(view.tile)
-    k = ", ".join(ident(x) for x in view.join_keys)
+    if ring and end_ns is None:
+        raise ValueError("ring tiles need an end")
+    keys = list(view.join_keys)
+    k = ", ".join(ident(x) for x in keys)
     sums, last = state_columns(view)
-    where = []
-    if start_ns is not None:
-        where.append(f"__t >= {start_ns - (start_ns % tile)}")
-    if end_ns is not None:
-        where.append(f"__t <= {end_ns}")
-    cols = [f"{ns_to_timestamptz('__tile')} AS {TILE_START}", f"count(*) AS {ident(TILE_COUNT)}"]
-    for c in sums:
-        cols.append(f"coalesce(sum(CAST({ident(c)} AS DOUBLE)), 0.0) AS {ident(c + SUM_SUFFIX)}")
-        cols.append(f"count({ident(c)}) AS {ident(c + NONNULL_SUFFIX)}")
-    for c, (keep, dtype) in last.items():
-        et = element_type(dtype)
-        flt = f"FILTER (WHERE {ident(c)} IS NOT NULL)"
-        # arg_max(.., n) lists the n greatest order keys first; the online codec keeps them oldest first.
-        cols.append(f"coalesce(list_reverse(arg_max(CAST({ident(c)} AS {et}), __k, {keep}) {flt}), CAST([] AS {et}[])) "
-                    f"AS {ident(c + LAST_SUFFIX)}")
-        cols.append(f"coalesce(list_reverse(arg_max(__ts, __k, {keep}) {flt}), CAST([] AS TIMESTAMPTZ[])) "
-                    f"AS {ident(c + LAST_TS_SUFFIX)}")
+    hop_windows = view.hop_windows()
     ts = f", {ns_to_timestamptz('__t')} AS __ts" if last else ""
-    return (
-        f"SELECT {k}, {', '.join(cols)} FROM (SELECT *, __t - {floor_mod('__t', tile)} AS __tile, "
-        f"CAST(__t AS HUGEINT) * {TWO_64} + __ord AS __k{ts} FROM ({events_sql}) e"
-        f"{' WHERE ' + ' AND '.join(where) if where else ''}) "
-        f"GROUP BY {k}, __tile"
-    )
+    base = (f"SELECT *, CAST(__t AS HUGEINT) * {TWO_64} + __ord AS __k{ts} FROM ({events_sql}) e"
+            + (f" WHERE __t <= {end_ns}" if end_ns is not None else ""))
+    null_last = []
+    for c, (_, dtype) in last.items():
+        et = element_type(dtype)
+        null_last += [f"CAST(NULL AS {et}[]) AS {ident(c + LAST_SUFFIX)}",
+                      f"CAST(NULL AS TIMESTAMPTZ[]) AS {ident(c + LAST_TS_SUFFIX)}"]
+    parts = []
+    for hop, longest in hop_windows.items():
+        h = td_ns(hop)
+        if ring:
+            lo = ring_start_ns(end_ns, h, td_ns(longest))
+        else:
+            lo = start_ns - start_ns % h if start_ns is not None else None
+        cols = [f"CAST({h // 1000} AS BIGINT) AS {HOP}", f"{ns_to_timestamptz('__tile')} AS {TILE_START}",
+                f"count(*) AS {ident(TILE_COUNT)}"]
+        for c in sums:
+            cols.append(f"coalesce(sum(CAST({ident(c)} AS DOUBLE)), 0.0) AS {ident(c + SUM_SUFFIX)}")
+            cols.append(f"count({ident(c)}) AS {ident(c + NONNULL_SUFFIX)}")
+        parts.append(
+            f"SELECT {k}, {', '.join(cols + null_last)} FROM (SELECT *, __t - {floor_mod('__t', h)} AS __tile FROM ev"
+            f"{f' WHERE __t >= {lo}' if lo is not None else ''}) x GROUP BY {k}, __tile")
+    if last:
+        cols = [f"CAST(NULL AS BIGINT) AS {HOP}", f"CAST(NULL AS TIMESTAMPTZ) AS {TILE_START}",
+                f"CAST(NULL AS BIGINT) AS {ident(TILE_COUNT)}"]
+        for c in sums:
+            cols += [f"CAST(NULL AS DOUBLE) AS {ident(c + SUM_SUFFIX)}", f"CAST(NULL AS BIGINT) AS {ident(c + NONNULL_SUFFIX)}"]
+        spans = last_n_windows(view)
+        for c, (keep, dtype) in last.items():
+            et = element_type(dtype)
+            cond = [f"{ident(c)} IS NOT NULL"]
+            lo = end_ns - spans[c] if ring else start_ns
+            if lo is not None:
+                cond.append(f"__t >= {lo}")
+            flt = f"FILTER (WHERE {' AND '.join(cond)})"
+            # arg_max(.., n) lists the n greatest order keys first; the online store keeps them oldest first.
+            cols.append(f"coalesce(list_reverse(arg_max(CAST({ident(c)} AS {et}), __k, {keep}) {flt}), CAST([] AS {et}[])) "
+                        f"AS {ident(c + LAST_SUFFIX)}")
+            cols.append(f"coalesce(list_reverse(arg_max(__ts, __k, {keep}) {flt}), CAST([] AS TIMESTAMPTZ[])) "
+                        f"AS {ident(c + LAST_TS_SUFFIX)}")
+        lo_all = [end_ns - spans[c] for c in last] if ring else ([start_ns] if start_ns is not None else [])
+        where = f" WHERE __t >= {min(lo_all)}" if lo_all else ""
+        parts.append(f"SELECT {k}, {', '.join(cols)} FROM ev{where} GROUP BY {k}")
+    if not parts:
+        raise ValueError(f"{view.name}: no aggregations")
+    order = ", ".join([ident(x) for x in keys] + [f"{HOP} NULLS FIRST", f"{TILE_START}"])
+    return f"WITH ev AS ({base}) SELECT * FROM ({' UNION ALL '.join(parts)}) u ORDER BY {order}"
 
 
 def tile_start(ts: datetime, tile: timedelta) -> datetime:
-    """The start of the epoch-aligned UTC tile holding `ts` (naive = UTC)."""
+    """The start of the epoch-aligned UTC tile (hop) holding `ts` (naive = UTC)."""
     t = dt_ns(ts)
     step = td_ns(tile)
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=(t - t % step) // 1000)
 
 
+def _hop_ns(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return td_ns(value)
+    return int(value) * 1000  # microseconds
+
+
 def combine_tiles(view: WindowedFeatureView, tiles: Iterable[Mapping[str, Any]], as_of: datetime,
                   names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Window values of ONE entity as of `as_of`, from its tile rows (as `OfflineStore.tiles(view, end=as_of)` returns them).
+    """Window values of ONE entity as of `as_of`, from its rows of `OfflineStore.tiles(view, end=as_of)`.
 
-    The arithmetic the online read does: sum the tiles with
-    ``tile_start(as_of) - window + tile <= tile_start <= tile_start(as_of)``
-    (the current tile holds the events up to `as_of` only), in tile order.
+    The arithmetic the online read does: for a window with hop h, sum the tiles of hop h with
+    ``hop_start(as_of) - window + h <= tile_start <= hop_start(as_of)`` (the current tile holds the
+    events up to `as_of` only), in tile order; for LAST_N, keep the entity's last-n values with
+    ``lo(as_of) <= ts <= as_of``, most recent first, the first n.
     """
-    tile = td_ns(view.tile)
     now = dt_ns(as_of)
-    cur = now - now % tile
-    rows = sorted(((dt_ns(r[TILE_START]), r) for r in tiles), key=lambda p: p[0])
+    numeric: list[tuple[int, int, Mapping[str, Any]]] = []
+    last_row: Mapping[str, Any] | None = None
+    for r in tiles:
+        h = _hop_ns(r.get(HOP))
+        if h is None:
+            last_row = r
+        else:
+            numeric.append((h, dt_ns(r[TILE_START]), r))
+    numeric.sort(key=lambda p: (p[0], p[1]))
     result: dict[str, Any] = {}
     for o in outputs(view).values():
         if names is not None and o.name not in names:
             continue
-        inside = [r for start, r in rows if cur - o.window_ns + tile <= start <= cur]
+        cur = now - now % o.hop_ns
+        lo = cur - o.window_ns + o.hop_ns
+        inside = [r for h, start, r in numeric if h == o.hop_ns and lo <= start <= cur]
         if o.function is AggregationFunction.COUNT:
             result[o.name] = sum(int(r[TILE_COUNT]) for r in inside)
         elif o.function is AggregationFunction.SUM:
@@ -227,6 +309,8 @@ def combine_tiles(view: WindowedFeatureView, tiles: Iterable[Mapping[str, Any]],
             n = sum(int(r[o.column + NONNULL_SUFFIX]) for r in inside)
             result[o.name] = sum(float(r[o.column + SUM_SUFFIX]) for r in inside) / n if n else None
         else:
-            newest_first = [v for r in reversed(inside) for v in reversed(r[o.column + LAST_SUFFIX])]
-            result[o.name] = newest_first[: o.n]
+            values = (last_row or {}).get(o.column + LAST_SUFFIX) or []
+            times = (last_row or {}).get(o.column + LAST_TS_SUFFIX) or []
+            kept = [v for v, t in zip(values, times) if lo <= dt_ns(t) <= now]
+            result[o.name] = kept[::-1][: o.n]
     return result

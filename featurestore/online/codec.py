@@ -18,13 +18,13 @@ Feast pays per value with protobuf). Encoding is vectorized the same way from
 Arrow columns: one structured array filled column by column, then cut into
 per-row bytes by a void-dtype `tolist()`.
 
-`TileCodec` does the same for a `WindowedFeatureView`'s ring of tiles.
+`TileCodec` lays out a `WindowedFeatureView`'s state: a fixed-width ring per hop, a list per last-n column.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from featurestore.definitions import AggregationFunction, Feature, ValueType, WindowedFeatureView
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2
 
 _FIXED_DTYPE = {ValueType.FLOAT64: "<f8", ValueType.INT64: "<i8", ValueType.BOOL: "u1"}
 _LIST_ELEM = {ValueType.FLOAT_LIST: pa.float64(), ValueType.INT64_LIST: pa.int64()}
@@ -363,83 +363,166 @@ class RowCodec:
         return [_decode_string_list(r[s:e]) if e > s else [] for r, s, e in zip(rows, s_list, e_list)]
 
 
-# ---------------------------------------------------------------------- tiles
-
-EMPTY_TILE = -(2**62)  # tile index of a slot that holds no tile (exact as a Lua double)
+# ---------------------------------------------------------------------- windows
 
 # Columns of a tiles table (`OnlineStore.write_tiles`, `OfflineStore.tiles`), besides the join keys.
+HOP = "hop"  # duration: the tile's hop; NULL on an entity's last-n row
 TILE_START = "tile_start"
 TILE_COUNT = "count"
 SUM_SUFFIX = "_sum"  # f"{column}_sum": float64 sum of the non-null values in the tile
 NONNULL_SUFFIX = "_count"  # f"{column}_count": int64 number of non-null values in the tile
 LAST_SUFFIX = "_last_n"  # f"{column}_last_n": list of up to n most recent non-null values, oldest first
-LAST_TS_SUFFIX = "_last_n_ts"  # optional: their timestamps (list<timestamp>); tile_start when absent
+LAST_TS_SUFFIX = "_last_n_ts"  # their timestamps (list<timestamp>)
 
-_LAST_ELEM = {ValueType.INT64_LIST: ("<i8", 8), ValueType.FLOAT_LIST: ("<f8", 8), ValueType.STRING_LIST: (None, 0)}
-_ENTRY_HEAD = struct.Struct("<qI")  # ts micros, value length
+_LAST_TYPES = (ValueType.INT64_LIST, ValueType.FLOAT_LIST, ValueType.STRING_LIST)
+_VAR_HEAD = struct.Struct("<qI")  # string last-n entry: ts micros, value length, then the bytes
 
 
 @dataclass(frozen=True)
 class WindowOutput:
     name: str
     function: AggregationFunction
-    tiles: int  # window length in tiles
+    window_us: int
+    hop_us: int
     column: str | None
     n: int | None
     dtype: ValueType
+    part: int  # ring index (COUNT/SUM/MEAN) or last-n list index (LAST_N)
+
+
+@dataclass(frozen=True)
+class Ring:
+    """One hop's ring: `slots` fixed-width slots, the tile starting at t in slot ``(t / hop) mod slots``."""
+
+    hop_us: int
+    slots: int  # longest window with this hop / hop + 1
+    suffix: str  # key suffix, ":h<hop seconds>"
+
+
+@dataclass(frozen=True)
+class LastList:
+    """One last-n column's list: the `keep` most recent non-null values, no older than `span_us` before the newest."""
+
+    column: str
+    keep: int
+    span_us: int
+    dtype: ValueType
+    suffix: str  # key suffix, ":l<i>"
+
+    @property
+    def entry_size(self) -> int:
+        """Bytes per entry (ts '<i8' + value '<i8'/'<f8'), 0 for variable-size (string) entries."""
+        return 0 if self.dtype is ValueType.STRING_LIST else 16
 
 
 class TileCodec:
-    """A windowed view's per-entity ring of tiles, packed into one string value.
+    """A windowed view's online state per entity: a binary ring per hop, a list per last-n column.
 
-    Layout: `ring` numeric slots of ('<i8' tile index, '<i8' event count, then per
-    summed column '<f8' sum and '<i8' non-null count); then ring x n_last '<u4'
-    end offsets; then that many segment bodies, each the entries ('<i8' ts
-    micros, '<u4' length, value bytes), oldest first, of one last-n column in
-    one slot. The numeric part has a fixed size, so a read decodes it for
-    1,000 entities with one `np.frombuffer`; the offset table lets a read parse
-    only the segments of tiles inside the window. Slot of tile index t is t mod ring; the
-    ring holds the longest window plus one tile, so memory per entity is bounded.
+    Ring (one Redis string per (view, entity, hop)): `slots` slots of
+    ``[tile_start '<i8' micros, count '<i8', per summed column: sum '<f8', non-null count '<i8']``,
+    the tile starting at t in slot ``(t / hop) mod slots``; an all-zero slot is empty
+    (tile_start 0 is never a live tile). Every ring of a view is
+    ``slots x slot_size`` bytes, so a read decodes 1,000 entities' rings with one
+    ``np.frombuffer``, and the streaming script updates one slot in place (GETRANGE/SETRANGE).
+
+    List (one Redis string per (view, entity, last-n column)): entries oldest first,
+    ``('<i8' ts micros, '<i8'/'<f8' value)`` for INT64/FLOAT lists, ``('<i8' ts, '<u4' length,
+    utf-8 bytes)`` for strings; ties on ts in arrival order. At most `keep` entries (the largest n
+    of the column's aggregations), none older than the longest of its windows before the newest.
     """
 
     def __init__(self, view: WindowedFeatureView) -> None:
         self.view = view
-        self.tile_us = td_micros(view.tile)
-        max_tiles = max(td_micros(w) for a in view.aggregations for w in a.windows) // self.tile_us
-        self.ring = max_tiles + 1
+        hop_windows = view.hop_windows()
+        self.rings = tuple(Ring(td_micros(h), td_micros(w) // td_micros(h) + 1, f":h{int(h.total_seconds())}")
+                           for h, w in hop_windows.items())
+        ring_index = {r.hop_us: i for i, r in enumerate(self.rings)}
+        self.coarsest_hop_us = max(td_micros(h) for h in view.hops)
         sums: list[str] = []
-        last: dict[str, tuple[int, ValueType]] = {}
-        outputs: list[WindowOutput] = []
+        last: dict[str, list[Any]] = {}  # column -> [keep, span, dtype]
         for agg in view.aggregations:
             if agg.function in (AggregationFunction.SUM, AggregationFunction.MEAN) and agg.column not in sums:
                 sums.append(agg.column)
             if agg.function is AggregationFunction.LAST_N:
                 dtype = agg.output_type()
-                if dtype not in _LAST_ELEM:
+                if dtype not in _LAST_TYPES:
                     raise TypeError(f"{view.name}: last_n of type {dtype} is not supported")
                 prev = last.get(agg.column)
-                if prev and prev[1] is not dtype:
+                if prev and prev[2] is not dtype:
                     raise TypeError(f"{view.name}: two last_n aggregations of {agg.column!r} disagree on type")
-                last[agg.column] = (max(agg.n, prev[0] if prev else 0), dtype)
-            for name, w in zip(agg.output_names(), agg.windows):
-                outputs.append(WindowOutput(name, agg.function, td_micros(w) // self.tile_us, agg.column, agg.n,
-                                            agg.output_type()))
+                span = max(td_micros(w) for w in agg.windows)
+                last[agg.column] = [max(agg.n, prev[0]), max(span, prev[1]), dtype] if prev else [agg.n, span, dtype]
         self.sum_columns = tuple(sums)
-        self.last_columns = tuple(last)
-        self.last_keep = tuple(last[c][0] for c in self.last_columns)
-        self.last_types = tuple(last[c][1] for c in self.last_columns)
-        elem = {ValueType.INT64_LIST: "<i8", ValueType.FLOAT_LIST: "<f8"}
-        self._entry_dtype = tuple(np.dtype([("ts", "<i8"), ("len", "<u4"), ("v", elem[t])]) if t in elem else None
-                                  for t in self.last_types)
+        self.lists = tuple(LastList(c, k, sp, t, f":l{i}") for i, (c, (k, sp, t)) in enumerate(last.items()))
+        self.last_columns = tuple(lst.column for lst in self.lists)
+        self.last_keep = tuple(lst.keep for lst in self.lists)
+        self.last_types = tuple(lst.dtype for lst in self.lists)
+        list_index = {c: i for i, c in enumerate(self.last_columns)}
+        outputs: list[WindowOutput] = []
+        for agg in view.aggregations:
+            for name, w in zip(agg.output_names(), agg.windows):
+                hop = td_micros(view.hop(w))
+                part = list_index[agg.column] if agg.function is AggregationFunction.LAST_N else ring_index[hop]
+                outputs.append(WindowOutput(name, agg.function, td_micros(w), hop, agg.column, agg.n,
+                                            agg.output_type(), part))
         self.outputs = tuple(outputs)
         fields: list[tuple] = [("tile", "<i8"), ("count", "<i8")]
         for k in range(len(sums)):
             fields += [(f"s{k}", "<f8"), (f"n{k}", "<i8")]
         self.slot_dtype = np.dtype(fields)
         self.slot_size = self.slot_dtype.itemsize
-        self.numeric_size = self.slot_size * self.ring
+        self.suffixes = (":s", *(r.suffix for r in self.rings), *(lst.suffix for lst in self.lists))
+        # values packed per streamed event: per summed column a null flag byte and the value
+        self.sums_struct = struct.Struct("<" + "Bd" * len(sums))
+        self._entry_np = tuple(np.dtype([("ts", "<i8"), ("v", "<i8" if lst.dtype is ValueType.INT64_LIST else "<f8")])
+                               if lst.entry_size else None for lst in self.lists)
 
-    # -- element bytes of last-n values
+    def script_config(self) -> list[int]:
+        """The layout as the window scripts read it (`featurestore.online.scripts`)."""
+        out = [len(self.rings), len(self.lists), self.slot_size, len(self.sum_columns), self.coarsest_hop_us]
+        for r in self.rings:
+            out += [r.hop_us, r.slots]
+        for lst in self.lists:
+            out += [lst.keep, lst.span_us, lst.entry_size]
+        return out
+
+    def event_encoder(self) -> Any:
+        """A function (ts micros, {column: value}) -> the script arguments of one event after its offset:
+        ts, the summed values (per column a null flag and '<d'), one argument per last-n column."""
+        sums = self.sum_columns
+        pack = self.sums_struct.pack
+        lasts = tuple((li, c, b"\1" if not self.lists[li].entry_size else b"") for li, c in enumerate(self.last_columns))
+        elem = self.elem_bytes
+        empty = pack() if not sums else None
+
+        def encode(ts_us: int, values: Mapping[str, Any]) -> list[Any]:
+            if sums:
+                flat: list[Any] = []
+                for c in sums:
+                    v = values.get(c)
+                    if v is None:
+                        flat += (0, 0.0)
+                    else:
+                        flat += (1, float(v))
+                blob = pack(*flat)
+            else:
+                blob = empty
+            out = [ts_us, blob]
+            for li, c, mark in lasts:  # a string value is marked, so "" is not null
+                v = values.get(c)
+                out.append(b"" if v is None else mark + elem(li, v))
+            return out
+
+        return encode
+
+    def ring_bytes(self, i: int) -> int:
+        return self.rings[i].slots * self.slot_size
+
+    def keys(self, base: str) -> list[str]:
+        """Every key of one entity (state hash, rings, lists), from its `window_entity_bases` base."""
+        return [base + s for s in self.suffixes]
+
+    # -- last-n element bytes
     def elem_bytes(self, li: int, value: Any) -> bytes:
         t = self.last_types[li]
         if t is ValueType.INT64_LIST:
@@ -456,143 +539,143 @@ class TileCodec:
             return struct.unpack("<d", raw)[0]
         return raw.decode()
 
-    def empty_blob(self) -> bytes:
-        slot = np.zeros(self.ring, dtype=self.slot_dtype)
-        slot["tile"] = EMPTY_TILE
-        return slot.tobytes() + b"\0\0\0\0" * (self.ring * len(self.last_columns))
+    def list_entries(self, li: int, raw: bytes) -> list[tuple[int, Any]]:
+        """(ts micros, value), oldest first, of one stored list."""
+        lst = self.lists[li]
+        if lst.entry_size:
+            arr = np.frombuffer(raw, dtype=self._entry_np[li])
+            return list(zip(arr["ts"].tolist(), arr["v"].tolist()))
+        out, pos = [], 0
+        while pos < len(raw):
+            ts, n = _VAR_HEAD.unpack_from(raw, pos)
+            pos += _VAR_HEAD.size
+            out.append((ts, raw[pos: pos + n].decode()))
+            pos += n
+        return out
 
-    def empty_slot(self) -> bytes:
-        return self.empty_blob()[: self.slot_size]
+    def encode_list(self, li: int, entries: Sequence[tuple[int, Any]]) -> bytes:
+        """A stored list from (ts micros, value) entries, oldest first (already trimmed)."""
+        if self.lists[li].entry_size:
+            arr = np.empty(len(entries), dtype=self._entry_np[li])
+            if entries:
+                arr["ts"] = [e[0] for e in entries]
+                arr["v"] = [e[1] for e in entries]
+            return arr.tobytes()
+        return b"".join(_VAR_HEAD.pack(ts, len(b)) + b for ts, b in ((t, str(v).encode()) for t, v in entries))
 
-    @staticmethod
-    def segment(entries: Sequence[tuple[int, bytes]]) -> bytes:
-        """A last-n segment as the write scripts take it: '<u4' length, then the entries."""
-        body = b"".join(_ENTRY_HEAD.pack(ts, len(v)) + v for ts, v in entries)
-        return _U32.pack(len(body)) + body
+    # -- batch encoding of a tiles table
+    def encode_state(self, tiles: pa.RecordBatch | pa.Table, entity: np.ndarray, n_entities: int
+                     ) -> tuple[list[list[bytes]], list[list[bytes]]]:
+        """(per ring: one ring blob per entity, per list: one list blob per entity) of a tiles table.
 
-    def encode_tiles(self, tiles: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, list[bytes], list[bytes]]:
-        """(tile indexes, numeric slot bytes, last-n segment bytes) per tile row of a tiles table."""
+        `entity`: the entity number (0 .. n_entities-1) of each row. Rows with a ``hop`` are tiles of
+        that hop's ring (a tile older than another of the same entity in the same slot is dropped);
+        rows without (or every row, for a table without last-n columns) may carry the last-n lists.
+        A table without a ``hop`` column is read as tiles of the view's only ring.
+        """
         n = tiles.num_rows
-        start_us = timestamps_us(column(tiles, TILE_START))
-        idx = start_us // self.tile_us
-        if np.any(idx * self.tile_us != start_us):
-            raise ValueError(f"{self.view.name}: tile_start not aligned to the tile of {self.view.tile}")
-        rec = np.zeros(n, dtype=self.slot_dtype)
-        rec["tile"] = idx
-        rec["count"] = pc.fill_null(column(tiles, TILE_COUNT).cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        for k, c in enumerate(self.sum_columns):
-            rec[f"s{k}"] = pc.fill_null(column(tiles, c + SUM_SUFFIX).cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-            rec[f"n{k}"] = pc.fill_null(column(tiles, c + NONNULL_SUFFIX).cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        numeric = np.frombuffer(rec.tobytes(), dtype=f"V{self.slot_size}").tolist() if n else []
-        if not self.last_columns:
-            return idx, numeric, [b""] * n
-        segs_per_col = []
-        for li, c in enumerate(self.last_columns):
-            values = column(tiles, c + LAST_SUFFIX).to_pylist()
-            names = tiles.schema.names
-            if c + LAST_TS_SUFFIX in names:
-                ts_col = column(tiles, c + LAST_TS_SUFFIX)
+        names = tiles.schema.names
+        if HOP in names:
+            hop_col = column(tiles, HOP)
+            if pa.types.is_duration(hop_col.type):
+                hop_col = hop_col.cast(pa.duration("us")).cast(pa.int64())
+            hop_us = pc.fill_null(hop_col.cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
+        elif len(self.rings) == 1 and TILE_START in names:
+            hop_us = np.where(column(tiles, TILE_START).is_null().to_numpy(zero_copy_only=False), -1,
+                              self.rings[0].hop_us)
+        else:
+            raise ValueError(f"{self.view.name}: a tiles table needs a `hop` column (the view has {len(self.rings)} hops)")
+        known = {r.hop_us for r in self.rings} | {-1}
+        if not set(np.unique(hop_us).tolist()) <= known:
+            bad = sorted(set(np.unique(hop_us).tolist()) - known)
+            raise ValueError(f"{self.view.name}: tiles of hop {bad} us; the view's rings hop by "
+                             f"{[r.hop_us for r in self.rings]} us")
+        rings_out: list[list[bytes]] = []
+        tiled = hop_us >= 0
+        if tiled.any():
+            start_all = np.zeros(n, dtype=np.int64)
+            ts_col = column(tiles, TILE_START)
+            start_all[tiled] = timestamps_us(ts_col.filter(pa.array(tiled)))
+            count_all = pc.fill_null(column(tiles, TILE_COUNT).cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+            sums_all = [(pc.fill_null(column(tiles, c + SUM_SUFFIX).cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False),
+                         pc.fill_null(column(tiles, c + NONNULL_SUFFIX).cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
+                        for c in self.sum_columns]
+        for ring in self.rings:
+            arr = np.zeros((n_entities, ring.slots), dtype=self.slot_dtype)
+            rows = np.flatnonzero(hop_us == ring.hop_us)
+            if len(rows):
+                start = start_all[rows]
+                if np.any(start % ring.hop_us):
+                    raise ValueError(f"{self.view.name}: tile_start not aligned to the hop of {ring.hop_us} us")
+                order = np.argsort(start, kind="stable")[::-1]  # newest first: np.unique keeps the first
+                rows, start = rows[order], start[order]
+                ent = entity[rows]
+                slot = (start // ring.hop_us) % ring.slots
+                _, first = np.unique(ent * ring.slots + slot, return_index=True)
+                rows, start, ent, slot = rows[first], start[first], ent[first], slot[first]
+                cell = arr[ent, slot]
+                cell["tile"] = start
+                cell["count"] = count_all[rows]
+                for k, (s, nn) in enumerate(sums_all):
+                    cell[f"s{k}"] = s[rows]
+                    cell[f"n{k}"] = nn[rows]
+                arr[ent, slot] = cell
+            rings_out.append(np.frombuffer(arr.tobytes(), dtype=f"V{ring.slots * self.slot_size}").tolist()
+                             if n_entities else [])
+        lists_out: list[list[bytes]] = []
+        for li, lst in enumerate(self.lists):
+            blobs = [b""] * n_entities
+            if lst.column + LAST_SUFFIX in names:
+                rows = np.flatnonzero(~tiled)
+                values = column(tiles, lst.column + LAST_SUFFIX).take(pa.array(rows)).to_pylist()
+                if lst.column + LAST_TS_SUFFIX not in names:
+                    raise ValueError(f"{self.view.name}: {lst.column + LAST_SUFFIX} needs {lst.column + LAST_TS_SUFFIX}")
+                ts_col = column(tiles, lst.column + LAST_TS_SUFFIX).take(pa.array(rows))
                 ts_lists = ts_col.cast(pa.list_(pa.timestamp("us", getattr(ts_col.type.value_type, "tz", None)))).to_pylist()
-            else:
-                ts_lists = [None] * n
-            keep = self.last_keep[li]
-            segs = []
-            for r in range(n):
-                vals = values[r] or []
-                tss = ts_lists[r]
-                tss_us = [to_micros(t) for t in tss] if tss else [int(start_us[r])] * len(vals)
-                entries = [(t, self.elem_bytes(li, v)) for t, v in zip(tss_us, vals) if v is not None][-keep:]
-                segs.append(self.segment(entries))
-            segs_per_col.append(segs)
-        return idx, numeric, [b"".join(s) for s in zip(*segs_per_col)]
+                for r, vals, tss in zip(rows.tolist(), values, ts_lists):
+                    if not vals:
+                        continue
+                    entries = [(to_micros(t), v) for t, v in zip(tss, vals) if v is not None]
+                    entries.sort(key=lambda e: e[0])  # stable: ties keep their order
+                    if entries:
+                        newest = entries[-1][0]
+                        entries = [e for e in entries if e[0] >= newest - lst.span_us][-lst.keep:]
+                    blobs[int(entity[r])] = self.encode_list(li, entries)
+            lists_out.append(blobs)
+        return rings_out, lists_out
 
-    def decode_numeric(self, rows: list[bytes]) -> np.ndarray:
-        """(present, ring) structured slots."""
-        size = self.numeric_size
-        buf = b"".join(rows) if not self.last_columns else b"".join([r[:size] for r in rows])
-        return np.frombuffer(buf, dtype=self.slot_dtype).reshape(len(rows), self.ring)
+    # -- decoding
+    def decode_ring(self, i: int, raw: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(present bool (N,), slots (N, slots)) of ring `i` for N entities (absent: all-empty slots)."""
+        size = self.ring_bytes(i)
+        try:
+            buf = b"".join(raw)
+            present = np.ones(len(raw), dtype=bool)
+        except TypeError:  # some None
+            zero = bytes(size)
+            present = np.fromiter((v is not None for v in raw), dtype=bool, count=len(raw))
+            buf = b"".join([v if v is not None else zero for v in raw])
+        if len(buf) != size * len(raw):
+            raise ValueError("stored ring of unexpected size: layout version mismatch")
+        return present, np.frombuffer(buf, dtype=self.slot_dtype).reshape(len(raw), self.rings[i].slots)
 
-    def last_table(self, rows: Sequence[bytes]) -> np.ndarray:
-        """(rows, ring * n_last + 1) int64 segment boundaries: segment k spans [t[k], t[k + 1]) after the table."""
-        nseg = self.ring * len(self.last_columns)
-        lo = self.numeric_size
-        ends = np.frombuffer(b"".join([r[lo: lo + 4 * nseg] for r in rows]), dtype="<u4").reshape(len(rows), nseg)
-        out = np.zeros((len(rows), nseg + 1), dtype=np.int64)
-        out[:, 1:] = ends
-        return out
-
-    def last_n(self, rows: Sequence[bytes], table: np.ndarray, slots: np.ndarray, valid: np.ndarray, li: int, n: int,
-               which: Sequence[int]) -> dict[int, list[Any]]:
-        """The n most recent values, most recent first (as offline), of last-n column `li` over the ring
-        `slots` (oldest first, (k,)) where `valid` (rows, k); for the row positions `which`. Segments
-        are read newest first, only as many as needed."""
-        nl = len(self.last_columns)
-        seg = slots * nl + li
-        start, end = table[:, seg], table[:, seg + 1]
-        length = np.where(valid, end - start, 0)
-        base = self.numeric_size + 4 * self.ring * nl
-        out: dict[int, list[Any]] = {}
-        dt = self._entry_dtype[li]
-        if dt is not None:  # fixed-size entries: count them in numpy, decode with one frombuffer per row
-            counts = length // dt.itemsize
-            newest_first = np.cumsum(counts[:, ::-1], axis=1)
-            k = len(slots)
-            enough = newest_first[:, -1] >= n if k else np.zeros(len(rows), bool)
-            need = np.where(enough, np.argmax(newest_first >= n, axis=1) + 1, k) if k else np.zeros(len(rows), int)
-            for i in which:
-                m = int(need[i])
-                s_i, e_i, l_i = start[i, k - m:].tolist(), end[i, k - m:].tolist(), length[i, k - m:].tolist()
-                blob = rows[i]
-                parts = [blob[base + a: base + b] for a, b, ln in zip(s_i, e_i, l_i) if ln]
-                arr = np.frombuffer(b"".join(parts), dtype=dt)
-                out[i] = arr["v"][::-1][:n].tolist()  # most recent first
-            return out
-        for i in which:  # variable-size entries (strings): walk segments newest first until n values
-            got: list[list[tuple[int, bytes]]] = []
-            total = 0
-            s_i, e_i, l_i = start[i].tolist(), end[i].tolist(), length[i].tolist()
-            for a, b, ln in zip(reversed(s_i), reversed(e_i), reversed(l_i)):
-                if not ln:
-                    continue
-                entries = self._parse_entries(rows[i], base + a, base + b)
-                got.append(entries)
-                total += len(entries)
-                if total >= n:
-                    break
-            newest_first = [e for entries in got for e in reversed(entries)]
-            out[i] = [self.elem_value(li, v) for _, v in newest_first[:n]]
-        return out
-
-    @staticmethod
-    def _parse_entries(blob: bytes, pos: int, end: int) -> list[tuple[int, bytes]]:
-        out = []
-        while pos < end:
-            ts, vlen = _ENTRY_HEAD.unpack_from(blob, pos)
-            pos += _ENTRY_HEAD.size
-            out.append((ts, blob[pos: pos + vlen]))
-            pos += vlen
-        return out
-
-    def last_entries(self, blob: bytes, slot: int, li: int, ends: np.ndarray | None = None) -> list[tuple[int, bytes]]:
-        """Entries (ts micros, value bytes), oldest first, of last-n column `li` in ring slot `slot`."""
-        nl = len(self.last_columns)
-        if ends is None:
-            ends = self.last_ends(blob)
-        k = slot * nl + li
-        start = int(ends[k - 1]) if k else 0
-        end = int(ends[k])
-        if end == start:
-            return []
-        base = self.numeric_size + 4 * self.ring * nl
-        pos, end = base + start, base + end
-        out = []
-        while pos < end:
-            ts, vlen = _ENTRY_HEAD.unpack_from(blob, pos)
-            pos += _ENTRY_HEAD.size
-            out.append((ts, blob[pos: pos + vlen]))
-            pos += vlen
-        return out
-
-    def last_ends(self, blob: bytes) -> np.ndarray:
-        """End offsets of the ring x n_last segment bodies (relative to the first body)."""
-        return np.frombuffer(blob, dtype="<u4", count=self.ring * len(self.last_columns), offset=self.numeric_size)
+    def decode_lists(self, li: int, raw: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(present (N,), offsets (N+1,) into the entries, entry ts (E,), entry values (E,) or list of str)."""
+        present = np.fromiter((v is not None for v in raw), dtype=bool, count=len(raw))
+        rows = [v or b"" for v in raw]
+        lst = self.lists[li]
+        if lst.entry_size:
+            lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) // lst.entry_size
+            arr = np.frombuffer(b"".join(rows), dtype=self._entry_np[li])
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            return present, offsets, arr["ts"], arr["v"]
+        ts: list[int] = []
+        vals: list[str] = []
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            for t, v in self.list_entries(li, r):
+                ts.append(t)
+                vals.append(v)
+            offsets[i + 1] = len(ts)
+        return present, offsets, np.asarray(ts, dtype=np.int64), np.asarray(vals, dtype=object)

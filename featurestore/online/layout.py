@@ -17,7 +17,19 @@ Key of one entity's row of one view::
   store groups multi-key commands by slot (MGET via `mget_nonatomic`, the write
   script per slot).
 
-Watermarks of materialization live next to the data: ``{project}:_wm:{view}:{version}``.
+Windowed views keep several values per entity, which one script updates atomically, so
+they share a Redis Cluster hash slot through a hash tag holding the view and the entity::
+
+    {project}:{<view>:<version>:<entity>}:h<hop seconds>   numeric ring of one hop
+    {project}:{<view>:<version>:<entity>}:l<i>             last-n list of the i-th last-n column
+    {project}:{<view>:<version>:<entity>}:s                state hash: applied stream offsets,
+                                                           ``bt`` (batch through), ``sf`` (stream from)
+
+(`{` and `}` in an entity are percent-escaped there, so the tag is always the whole
+``<view>:<version>:<entity>``.)
+
+Watermarks of materialization live next to the data: ``{project}:_wm:{view}:{version}``;
+a windowed view's batch/stream boundary in ``{project}:_bt:...`` and ``{project}:_sf:...``.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ def view_version(view: FeatureView | WindowedFeatureView) -> str:
     """Fingerprint of the view's storage schema (8 hex digits)."""
     spec: dict[str, Any] = {"codec": CODEC_VERSION, "kind": type(view).__name__, "keys": list(view.join_keys)}
     if isinstance(view, WindowedFeatureView):
-        spec["tile_s"] = view.tile.total_seconds()
+        spec["hops_s"] = [[w.total_seconds(), view.hop(w).total_seconds()] for a in view.aggregations for w in a.windows]
         spec["aggs"] = [[a.function.value, a.column, a.n, a.dtype and a.dtype.value,
                          [w.total_seconds() for w in a.windows]] for a in view.aggregations]
     else:
@@ -56,6 +68,38 @@ def key_prefix(project: str, view: FeatureView | WindowedFeatureView) -> str:
 
 def watermark_key(project: str, view: FeatureView | WindowedFeatureView) -> str:
     return f"{project}:_wm:{view.name}:{view_version(view)}"
+
+
+def batch_through_key(project: str, view: WindowedFeatureView) -> str:
+    return f"{project}:_bt:{view.name}:{view_version(view)}"
+
+
+def stream_from_key(project: str, view: WindowedFeatureView) -> str:
+    return f"{project}:_sf:{view.name}:{view_version(view)}"
+
+
+def window_prefix(project: str, view: WindowedFeatureView) -> str:
+    """What a windowed view's entity keys start with: ``{project}:{<view>:<version>:`` (the tag opens)."""
+    return f"{project}:{{{view.name}:{view_version(view)}:"
+
+
+def _untag(text: str) -> str:
+    return text.replace("{", "%7B").replace("}", "%7D") if ("{" in text or "}" in text) else text
+
+
+def window_entity_bases(prefix: str, values: Sequence[Any], arity: int = 1) -> list[str]:
+    """``prefix + entity + "}"`` per entity (append ``:h3600`` etc. for a key); a fast path for plain ints."""
+    if arity == 1 and set(map(type, values)) <= _PLAIN_INTS:
+        return [f"{prefix}{v}}}" for v in values]
+    return [f"{prefix}{_untag(encode_entity(v, arity))}}}" for v in values]
+
+
+def arrow_window_entity_bases(prefix: str, columns: Sequence[pa.Array]) -> list[str]:
+    """`window_entity_bases` for the rows of the join-key columns (vectorized; equal to it)."""
+    parts = [_arrow_component(c) for c in columns]
+    joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, SEP)
+    joined = pc.replace_substring(pc.replace_substring(joined, "{", "%7B"), "}", "%7D")
+    return pc.binary_join_element_wise(pa.scalar(prefix), joined, pa.scalar("}"), "").to_pylist()
 
 
 def _component(value: Any) -> str:

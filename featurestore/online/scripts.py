@@ -32,151 +32,253 @@ if n > 0 then redis.call('MSET', unpack(out)) end
 return n
 """
 
-# Shared by the tile scripts: parse a ring blob into slot strings and segment bodies, and back.
-_RING = r"""
-local ring = tonumber(ARGV[1])
-local slot_size = tonumber(ARGV[2])
-local nlast = tonumber(ARGV[3])
-local empty_slot = ARGV[4]
-local nseg = ring * nlast
+# ------------------------------------------------------------------------------------------ windows
+#
+# A windowed view's keys of one entity share a cluster slot (hash tag), and every script below gets them as
+# KEYS = [state hash, ring 1 .. ring k, list 1 .. list m] (`TileCodec.keys`), then the view's layout in ARGV
+# (`TileCodec.script_config`): k, m, slot size, number of summed columns, the coarsest hop (micros), per ring
+# (hop micros, slots), per list (keep, span micros, entry size: 16, or 0 for length-prefixed strings).
+# State hash fields: "<topic>:<partition>" -> highest applied offset; "bt" -> batch through (micros,
+# exclusive: the batch wrote every event before it); "sf" -> stream from (the oldest event time the stream
+# applied). A slot is [tile_start '<i8', count '<i8', per summed column: sum '<d', non-null count '<i8'];
+# all-zero = empty. List entries are ('<i8' ts, 8 value bytes) or ('<i8' ts, '<I4' n, n bytes), oldest first.
 
-local function parse(blob)
-  local slots, bodies = {}, {}
-  if not blob then
-    for r = 1, ring do slots[r] = empty_slot end
-    for k = 1, nseg do bodies[k] = '' end
-    return slots, bodies
+_CONFIG = r"""
+local k, m, slot_size, nsum, coarsest = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+  tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+a = a + 5
+local hop, slots, keep, span, esize = {}, {}, {}, {}, {}
+for i = 1, k do hop[i] = tonumber(ARGV[a]); slots[i] = tonumber(ARGV[a + 1]); a = a + 2 end
+for j = 1, m do keep[j] = tonumber(ARGV[a]); span[j] = tonumber(ARGV[a + 1]); esize[j] = tonumber(ARGV[a + 2]); a = a + 3 end
+
+-- lists: parsed as (times, entry strings), oldest first
+local function parse_list(L, e)
+  local ts, ents = {}, {}
+  local p = 1
+  local n = #L
+  while p <= n do
+    local t = struct.unpack('<i8', L, p)
+    local len = e
+    if e == 0 then len = 12 + struct.unpack('<I4', L, p + 8) end
+    ts[#ts + 1] = t
+    ents[#ents + 1] = string.sub(L, p, p + len - 1)
+    p = p + len
   end
-  for r = 1, ring do slots[r] = string.sub(blob, (r - 1) * slot_size + 1, r * slot_size) end
-  local tbl = ring * slot_size
-  local base = tbl + 4 * nseg
-  local prev = 0
-  for k = 1, nseg do
-    local e = struct.unpack('<I4', blob, tbl + 4 * (k - 1) + 1)
-    bodies[k] = string.sub(blob, base + prev + 1, base + e)
-    prev = e
-  end
-  return slots, bodies
+  return ts, ents
 end
 
-local function dump(slots, bodies)
-  local ends = {}
-  local acc = 0
-  for k = 1, nseg do
-    acc = acc + #bodies[k]
-    ends[k] = struct.pack('<I4', acc)
-  end
-  return table.concat(slots) .. table.concat(ends) .. table.concat(bodies)
-end
-
-local function slot_tile(s)
-  return (struct.unpack('<i8', s))
+-- keep the `kp` newest entries, none older than `sp` before the newest
+local function trim_list(ts, ents, kp, sp)
+  local n = #ts
+  if n == 0 then return '' end
+  local first = math.max(1, n - kp + 1)
+  local limit = ts[n] - sp
+  while first <= n and ts[first] < limit do first = first + 1 end
+  return table.concat(ents, '', first, n)
 end
 """
 
-# KEYS: ring keys. ARGV[1..4]: ring, slot size, n_last, empty slot bytes; then per key: m, then m x
-# (tile index, numeric slot bytes, n_last '<u4'-length-prefixed segment bodies).
-# A tile replaces its ring slot unless the slot holds a newer tile. Returns the number of tiles changed.
-PUT_TILES = _RING + r"""
-local a = 5
-local changed = 0
-for _, key in ipairs(KEYS) do
-  local m = tonumber(ARGV[a]); a = a + 1
-  local slots, bodies = parse(redis.call('GET', key))
-  local dirty = false
-  for _ = 1, m do
-    local idx = tonumber(ARGV[a]); local num = ARGV[a + 1]; local segs = ARGV[a + 2]; a = a + 3
-    local s = idx % ring
-    if slot_tile(slots[s + 1]) <= idx then
-      local diff = slots[s + 1] ~= num
-      slots[s + 1] = num
-      local p = 1
-      for l = 1, nlast do
-        local len = struct.unpack('<I4', segs, p)
-        local body = string.sub(segs, p + 4, p + 3 + len)
-        p = p + 4 + len
-        if bodies[s * nlast + l] ~= body then diff = true end
-        bodies[s * nlast + l] = body
+# KEYS, layout: as above. ARGV[1]: offsets field ('' = no exactly-once guard); ARGV[2]: batch-through known to
+# the caller ('' = none; the larger of it and the state's "bt" applies); ARGV[3..]: layout; then per event, in
+# increasing offset order: offset, ts micros, summed values (per column: flag byte 1/0 = value/null, '<d'),
+# m last-n values ('' = null, else the element bytes; strings after a 1 byte mark, so '' is a value).
+# An event at or below the field's applied offset is a duplicate: skipped. An event before the batch-through
+# is the batch's: skipped ("covered"). Any other event is added to the one slot of its tile in every ring
+# (a slot holding an older tile is reset first; a slot holding a newer tile means the event is too old for
+# that ring: dropped there, and the event counts as "late"), and inserted in every last-n list (after
+# entries of equal time), trimmed. Only touched slots are read (GETRANGE) and written (SETRANGE): O(1) per
+# event, whatever the ring size. Returns {applied, late, duplicates, covered, oldest applied ts or -1}.
+ADD_EVENTS = r"""
+local field = ARGV[1]
+local bt_arg = tonumber(ARGV[2])
+local a = 3
+""" + _CONFIG + r"""
+local top, bt, sf
+if field ~= '' then
+  local r = redis.call('HMGET', KEYS[1], field, 'bt', 'sf')
+  top, bt, sf = tonumber(r[1]) or -1, tonumber(r[2]), tonumber(r[3])
+else
+  local r = redis.call('HMGET', KEYS[1], 'bt', 'sf')
+  top, bt, sf = -1, tonumber(r[1]), tonumber(r[2])
+end
+if bt_arg and (not bt or bt_arg > bt) then bt = bt_arg end
+local cache, dirty, short = {}, {}, {}
+for i = 1, k do cache[i] = {}; dirty[i] = {} end
+local lts, lents, ldirty = {}, {}, {}
+local applied, late, dup, covered = 0, 0, 0, 0
+local newtop, oldest = top, nil
+local stride = 3 + m
+local nargs = #ARGV
+while a <= nargs do
+  local off, ts, vals = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+  if field ~= '' and off <= top then
+    dup = dup + 1
+  elseif bt and ts < bt then
+    covered = covered + 1
+    if off > newtop then newtop = off end
+  else
+    local is_late = false
+    for i = 1, k do
+      local h = hop[i]
+      local t0 = ts - ts % h
+      local s = (t0 / h) % slots[i]
+      local cur = cache[i][s]
+      if cur == nil then
+        local pos = s * slot_size
+        cur = redis.call('GETRANGE', KEYS[1 + i], pos, pos + slot_size - 1)
+        if #cur < slot_size then short[i] = true; cur = '' end
+        cache[i][s] = cur
       end
-      if diff then changed = changed + 1; dirty = true end
+      local told = 0
+      if cur ~= '' then told = struct.unpack('<i8', cur) end
+      if told > t0 then
+        is_late = true
+      else
+        local count = 1
+        local same = cur ~= '' and told == t0
+        if same then count = struct.unpack('<i8', cur, 9) + 1 end
+        local parts = {struct.pack('<i8i8', t0, count)}
+        for c = 1, nsum do
+          local flag, v = struct.unpack('<Bd', vals, (c - 1) * 9 + 1)
+          local sum, nn = 0.0, 0
+          if same then sum, nn = struct.unpack('<di8', cur, 17 + (c - 1) * 16) end
+          if flag == 1 then sum = sum + v; nn = nn + 1 end
+          parts[c + 1] = struct.pack('<di8', sum, nn)
+        end
+        cache[i][s] = table.concat(parts)
+        dirty[i][s] = true
+      end
     end
+    for j = 1, m do
+      local v = ARGV[a + 2 + j]
+      if v ~= '' then
+        if lts[j] == nil then
+          lts[j], lents[j] = parse_list(redis.call('GET', KEYS[1 + k + j]) or '', esize[j])
+        end
+        local tsj, entj = lts[j], lents[j]
+        local entry
+        if esize[j] > 0 then entry = struct.pack('<i8', ts) .. v
+        else v = string.sub(v, 2); entry = struct.pack('<i8I4', ts, #v) .. v end
+        local p = #tsj
+        while p > 0 and tsj[p] > ts do p = p - 1 end
+        table.insert(tsj, p + 1, ts)
+        table.insert(entj, p + 1, entry)
+        ldirty[j] = true
+      end
+    end
+    if is_late then late = late + 1 else applied = applied + 1 end
+    if off > newtop then newtop = off end
+    if oldest == nil or ts < oldest then oldest = ts end
   end
-  if dirty then redis.call('SET', key, dump(slots, bodies)) end
+  a = a + stride
+end
+for i = 1, k do
+  local key = KEYS[1 + i]
+  if next(dirty[i]) ~= nil then
+    if short[i] then
+      local full = slots[i] * slot_size
+      if redis.call('STRLEN', key) < full then redis.call('SETRANGE', key, full - 1, '\0') end
+    end
+    for s, _ in pairs(dirty[i]) do redis.call('SETRANGE', key, s * slot_size, cache[i][s]) end
+  end
+end
+for j = 1, m do
+  if ldirty[j] then redis.call('SET', KEYS[1 + k + j], trim_list(lts[j], lents[j], keep[j], span[j])) end
+end
+if field ~= '' and newtop > top then redis.call('HSET', KEYS[1], field, string.format('%d', newtop)) end
+if oldest ~= nil and (sf == nil or oldest < sf) then redis.call('HSET', KEYS[1], 'sf', string.format('%d', oldest)) end
+return {applied, late, dup, covered, oldest or -1}
+"""
+
+# KEYS: the keys (as above) of several entities, one group after the other. ARGV[1]: the cut C (micros,
+# exclusive: the batch state holds exactly the events before it; '' = unknown, record none); ARGV[2..]:
+# layout; then per entity: k whole ring blobs, m whole list blobs (what the batch computed as of C).
+# Ownership: the stream owns every tile starting at or after floor(sf / coarsest hop) -- what it applied
+# there is the only copy -- and the batch everything before. So per entity, with
+# c = min(C, floor(sf / coarsest) * coarsest) (c = C without stream state):
+#   * skipped if the stored "bt" is newer than C (a later batch already wrote it), or c < stored "bt";
+#   * without stream state, rings and lists are replaced whole (overwrites whole rings);
+#   * else per slot: the stored slot stays when it holds a tile starting at or after c, or when the batch
+#     tile there starts at or after c (the stream's to fill); otherwise the batch slot replaces it. Lists:
+#     the batch entries before c, then the stored ones from c on, trimmed;
+#   * "bt" := c when C is given, so the stream skips what the batch now holds.
+# Keys whose bytes do not change are not written. Returns the number of entities whose state changed.
+PUT_STATE = r"""
+local C = tonumber(ARGV[1])
+local a = 2
+""" + _CONFIG + r"""
+local g = 1 + k + m
+local changed = 0
+local e = 0
+local nargs = #ARGV
+while a <= nargs do
+  local base = e * g
+  local r = redis.call('HMGET', KEYS[base + 1], 'bt', 'sf')
+  local bt, sf = tonumber(r[1]), tonumber(r[2])
+  local c = C or math.huge
+  if sf then
+    local f = sf - sf % coarsest
+    if f < c then c = f end
+  end
+  local skip = (C and bt and bt > C) or (bt and c < bt)
+  if not skip then
+    local any = false
+    for i = 1, k do
+      local new = ARGV[a + i - 1]
+      local key = KEYS[base + 1 + i]
+      local old = redis.call('GET', key)
+      local merged = new
+      if sf then
+        local parts = {}
+        local keep_old = old and #old == #new
+        for s = 0, slots[i] - 1 do
+          local p = s * slot_size + 1
+          local tn = struct.unpack('<i8', new, p)
+          local to = 0
+          if keep_old then to = struct.unpack('<i8', old, p) end
+          if to >= c or tn >= c then
+            if keep_old then parts[s + 1] = string.sub(old, p, p + slot_size - 1)
+            else parts[s + 1] = string.rep('\0', slot_size) end
+          else
+            parts[s + 1] = string.sub(new, p, p + slot_size - 1)
+          end
+        end
+        merged = table.concat(parts)
+      end
+      if merged ~= old then redis.call('SET', key, merged); any = true end
+    end
+    for j = 1, m do
+      local new = ARGV[a + k + j - 1]
+      local key = KEYS[base + 1 + k + j]
+      local old = redis.call('GET', key)
+      local merged = new
+      if sf and old then
+        local nts, nents = parse_list(new, esize[j])
+        local ots, oents = parse_list(old, esize[j])
+        local ts, ents = {}, {}
+        for x = 1, #nts do
+          if nts[x] < c then ts[#ts + 1] = nts[x]; ents[#ents + 1] = nents[x] end
+        end
+        for x = 1, #ots do
+          if ots[x] >= c then ts[#ts + 1] = ots[x]; ents[#ents + 1] = oents[x] end
+        end
+        merged = trim_list(ts, ents, keep[j], span[j])
+      end
+      if merged ~= old then redis.call('SET', key, merged); any = true end
+    end
+    if C and bt ~= c then redis.call('HSET', KEYS[base + 1], 'bt', string.format('%d', c)) end
+    if any then changed = changed + 1 end
+  end
+  a = a + k + m
+  e = e + 1
 end
 return changed
 """
 
-# KEYS[1]: one ring key. ARGV[1..4] as above, ARGV[5]: n_sum, ARGV[6..5+n_last]: n kept per last-n column;
-# then events: tile index, ts micros, n_sum values ('' = null, else '<d' bytes), n_last values
-# ('' = null, else '\1' .. value bytes). An event adds to its tile (a slot holding an older tile is reset
-# first); an event whose slot already holds a newer tile is too late and dropped. Returns events applied.
-ADD_EVENTS = _RING + r"""
-local nsum = tonumber(ARGV[5])
-local keep = {}
-for l = 1, nlast do keep[l] = tonumber(ARGV[5 + l]) end
-local a = 6 + nlast
-local slots, bodies = parse(redis.call('GET', KEYS[1]))
-local applied = 0
-while a <= #ARGV do
-  local idx = tonumber(ARGV[a]); local ts = tonumber(ARGV[a + 1]); a = a + 2
-  local s = idx % ring
-  local sl = slots[s + 1]
-  local cur = slot_tile(sl)
-  if cur > idx then
-    a = a + nsum + nlast
-  else
-    local count = 0
-    local sums, nns = {}, {}
-    if cur == idx then
-      count = struct.unpack('<i8', sl, 9)
-      for k = 1, nsum do
-        sums[k] = struct.unpack('<d', sl, 17 + (k - 1) * 16)
-        nns[k] = struct.unpack('<i8', sl, 25 + (k - 1) * 16)
-      end
-    else
-      for k = 1, nsum do sums[k] = 0.0; nns[k] = 0 end
-      for l = 1, nlast do bodies[s * nlast + l] = '' end
-    end
-    count = count + 1
-    for k = 1, nsum do
-      local v = ARGV[a + k - 1]
-      if v ~= '' then
-        sums[k] = sums[k] + struct.unpack('<d', v)
-        nns[k] = nns[k] + 1
-      end
-    end
-    a = a + nsum
-    local parts = {struct.pack('<i8i8', idx, count)}
-    for k = 1, nsum do parts[#parts + 1] = struct.pack('<di8', sums[k], nns[k]) end
-    slots[s + 1] = table.concat(parts)
-    for l = 1, nlast do
-      local v = ARGV[a + l - 1]
-      if v ~= '' then
-        v = string.sub(v, 2)
-        local body = bodies[s * nlast + l]
-        local entries = {}
-        local p = 1
-        local inserted = false
-        local new = struct.pack('<i8I4', ts, #v) .. v
-        while p <= #body do
-          local ets = struct.unpack('<i8', body, p)
-          local vlen = struct.unpack('<I4', body, p + 8)
-          if not inserted and ets > ts then
-            entries[#entries + 1] = new
-            inserted = true
-          end
-          entries[#entries + 1] = string.sub(body, p, p + 11 + vlen)
-          p = p + 12 + vlen
-        end
-        if not inserted then entries[#entries + 1] = new end
-        local first = math.max(1, #entries - keep[l] + 1)
-        bodies[s * nlast + l] = table.concat(entries, '', first, #entries)
-      end
-    end
-    a = a + nlast
-    applied = applied + 1
-  end
-end
-if applied > 0 then redis.call('SET', KEYS[1], dump(slots, bodies)) end
-return applied
+# KEYS[1]: a view's stream-from key. ARGV[1]: an event time (micros). Lowers the stored time to it (or sets it).
+LOWER_TO = r"""
+local cur = tonumber(redis.call('GET', KEYS[1]))
+local v = tonumber(ARGV[1])
+if cur == nil or v < cur then redis.call('SET', KEYS[1], ARGV[1]); return 1 end
+return 0
 """

@@ -41,13 +41,24 @@ from featurestore.online.codec import (
     timestamps_us,
     to_micros,
 )
-from featurestore.online.layout import arrow_entity_keys, entity_keys, key_prefix, view_version, watermark_key
+from featurestore.online.layout import (
+    arrow_entity_keys,
+    arrow_window_entity_bases,
+    batch_through_key,
+    entity_keys,
+    key_prefix,
+    stream_from_key,
+    view_version,
+    watermark_key,
+    window_entity_bases,
+    window_prefix,
+)
 
 OnlineView = FeatureView | WindowedFeatureView
 
 _SEND_GROUP = 4  # commands packed and sent together by OnlineStore._send
 SCRIPT_ROWS = 1000  # rows per SET_IF_NEWER call (Lua's unpack() limit is ~8,000 values)
-TILE_SCRIPT_ARGS = 3000  # ARGV values per PUT_TILES call
+TILE_SCRIPT_ARGS = 3000  # ARGV values per PUT_STATE call
 _NAT = np.iinfo(np.int64).min
 
 
@@ -90,6 +101,7 @@ class _ViewRead:
     info: _ViewInfo
     positions: tuple[int, ...]  # feature positions within the view
     offset: int  # first output column
+    parts: tuple[tuple[str, int], ...] = ()  # windowed: the ("ring", i) / ("list", j) values read
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,7 +271,7 @@ class OnlineStore:
             # definition gives then (featurestore.offline.windows): count 0, sum 0.0, mean NULL, last-n [].
             feats = tuple(Feature(f.name, f.dtype, default=_EMPTY_WINDOW[o.function], description=f.description)
                           for f, o in zip(view.features, tiles.outputs))
-            info = _ViewInfo(view, key_prefix(self.project, view), True, None, tiles, feats,
+            info = _ViewInfo(view, window_prefix(self.project, view), True, None, tiles, feats,
                              {f.name: i for i, f in enumerate(feats)}, None)
         elif isinstance(view, FeatureView):
             codec = RowCodec(view.features)
@@ -300,7 +312,13 @@ class OnlineStore:
                 positions = tuple(info.index[n] for n in names)
             except KeyError as exc:
                 raise KeyError(f"view {view.name!r} has no feature {exc.args[0]!r}") from None
-            reads.append(_ViewRead(info, positions, len(refs)))
+            parts: tuple[tuple[str, int], ...] = ()
+            if info.windowed:
+                outs = [info.tiles.outputs[p] for p in positions]
+                rings = sorted({o.part for o in outs if o.function is not AggregationFunction.LAST_N})
+                lists = sorted({o.part for o in outs if o.function is AggregationFunction.LAST_N})
+                parts = tuple([("ring", i) for i in rings] + [("list", j) for j in lists])
+            reads.append(_ViewRead(info, positions, len(refs), parts))
             refs.extend(f"{view.name}:{n}" for n in names)
             feats.extend(info.features[p] for p in positions)
         plan = ReadPlan(tuple(reads), tuple(refs), tuple(feats))
@@ -340,16 +358,25 @@ class OnlineStore:
             n = len(next(iter(entity_keys.values()))) if entity_keys else 0
         else:
             n = len(entity_keys)
-        keys_per_view = [self._keys(r.info, entity_keys) for r in plan.reads]
-        raws = self._mget_many(keys_per_view)
+        key_lists: list[list[str]] = []
+        for r in plan.reads:
+            if r.info.windowed:
+                bases = self._window_bases(r.info, entity_keys)
+                tc = r.info.tiles
+                for kind, i in r.parts:
+                    suffix = tc.rings[i].suffix if kind == "ring" else tc.lists[i].suffix
+                    key_lists.append([b + suffix for b in bases])
+            else:
+                key_lists.append(self._keys(r.info, entity_keys))
+        raws = iter(self._mget_many(key_lists))
         status = np.full((n, len(plan.refs)), FeatureStatus.NOT_FOUND, dtype=np.uint8)
         columns: list[Any] = [None] * len(plan.refs)
         event_ts: dict[str, np.ndarray] = {}
-        for r, raw in zip(plan.reads, raws):
+        for r in plan.reads:
             if r.info.windowed:
-                self._fill_windowed(r, raw, now_us, status, columns, event_ts)
+                self._fill_windowed(r, n, {part: next(raws) for part in r.parts}, now_us, status, columns, event_ts)
             else:
-                self._fill_rows(r, raw, now_us, status, columns, event_ts)
+                self._fill_rows(r, next(raws), now_us, status, columns, event_ts)
         keys_out = entity_keys if not isinstance(entity_keys, Mapping) else list(zip(*entity_keys.values()))
         return OnlineResult(keys_out, plan.refs, plan.features, columns, status, event_ts, plan.index)
 
@@ -363,6 +390,16 @@ class OnlineStore:
             values = cols[0] if len(cols) == 1 else list(zip(*cols))
             return entity_keys(info.prefix, values, len(join_keys))
         return entity_keys(info.prefix, entities, len(join_keys))
+
+    def _window_bases(self, info: _ViewInfo, entities: Any) -> list[str]:
+        join_keys = info.view.join_keys
+        if isinstance(entities, Mapping):
+            try:
+                cols = [entities[k] for k in join_keys]
+            except KeyError as exc:
+                raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
+            entities = cols[0] if len(cols) == 1 else list(zip(*cols))
+        return window_entity_bases(info.prefix, entities, len(join_keys))
 
     def _mget_many(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
         if self.cluster:
@@ -499,75 +536,80 @@ class OnlineStore:
             ts[p] = dec.event_ts
         event_ts[info.view.name] = ts.view("datetime64[us]")
 
-    def _fill_windowed(self, r: _ViewRead, raw: list[bytes | None], now_us: int, status: np.ndarray,
-                       columns: list[Any], event_ts: dict[str, np.ndarray]) -> None:
-        info, tc, n = r.info, r.info.tiles, len(raw)
-        present = [i for i, v in enumerate(raw) if v is not None]
-        rows = [raw[i] for i in present]
-        p = np.asarray(present, dtype=np.int64)
-        slots = tc.decode_numeric(rows)  # (P, ring)
-        big = tc.ring - 1
-        cur = now_us // tc.tile_us
-        chron = np.arange(cur - big + 1, cur + 1, dtype=np.int64)  # oldest .. current tile
-        first = int(chron[0] % tc.ring) if big else 0
-        ordered_cache: dict[str, np.ndarray] = {}
+    def _fill_windowed(self, r: _ViewRead, n: int, raws: Mapping[tuple[str, int], list[bytes | None]], now_us: int,
+                       status: np.ndarray, columns: list[Any], event_ts: dict[str, np.ndarray]) -> None:
+        """Window values of every entity at once: per ring one frombuffer and numpy masks, no loop per entity."""
+        info, tc = r.info, r.info.tiles
+        present = np.zeros(n, dtype=bool)
+        newest = np.full(n, _NAT, dtype=np.int64)
+        rings: dict[int, np.ndarray] = {}
+        for (kind, i), raw in raws.items():
+            if kind == "ring":
+                found, slots = tc.decode_ring(i, raw)
+                rings[i] = slots
+            else:
+                found = np.fromiter((v is not None for v in raw), dtype=bool, count=n)
+            present |= found
+        lists: dict[int, tuple] = {}
+        masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-        def ordered(name: str) -> np.ndarray:  # one field of the ring, rotated into time order: (P, big)
-            got = ordered_cache.get(name)
-            if got is None:
-                f = slots[name]
-                got = ordered_cache[name] = np.concatenate([f[:, first:], f[:, :first]], axis=1)[:, :big]
-            return got
+        def window(o: Any) -> tuple[np.ndarray, np.ndarray]:
+            """(inside mask (N, slots), event count (N,)) of a COUNT/SUM/MEAN output's window."""
+            hit = masks.get((o.part, o.window_us))
+            if hit is None:
+                slots = rings[o.part]
+                cur = now_us - now_us % o.hop_us
+                tile = slots["tile"]
+                inside = (tile >= cur - o.window_us + o.hop_us) & (tile <= cur)
+                cnt = np.where(inside, slots["count"], 0).sum(axis=1)
+                hit = masks[(o.part, o.window_us)] = (inside, cnt)
+                np.maximum(newest, np.where(inside, tile, _NAT).max(axis=1, initial=_NAT), out=newest)
+            return hit
 
-        valid = ordered("tile") == chron[None, :]
-        # Event counts over the newest k tiles, for every k at once (integer: order does not matter).
-        counts_newest_first = np.cumsum((ordered("count") * valid)[:, ::-1], axis=1)
         sum_idx = {c: i for i, c in enumerate(tc.sum_columns)}
-        last_idx = {c: i for i, c in enumerate(tc.last_columns)}
-        last_table = None
-        sums_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         for j, pos in enumerate(r.positions):
             f = info.features[pos]
-            out = tc.outputs[pos]
-            k = out.tiles
-            cnt = counts_newest_first[:, k - 1] if k else np.zeros(len(p), dtype=np.int64)
-            st = np.where(cnt > 0, np.uint8(FeatureStatus.PRESENT), np.uint8(FeatureStatus.DEFAULTED))
-            if out.function is AggregationFunction.COUNT:
-                col = np.zeros(n, dtype=np.int64)
-                col[p] = cnt
-            elif out.function in (AggregationFunction.SUM, AggregationFunction.MEAN):
-                si = sum_idx[out.column]
-                hit = sums_cache.get((si, k))
-                if hit is None:
-                    # float sums tile by tile, oldest first (cumsum is sequential), as the offline tiles are summed
-                    sums = np.where(valid, ordered(f"s{si}"), 0.0)[:, big - k:]  # where: a stale NaN must not leak
-                    total = np.cumsum(sums, axis=1)[:, -1] if k else np.zeros(len(p))
-                    nn = (ordered(f"n{si}") * valid)[:, big - k:].sum(axis=1)
-                    hit = sums_cache[(si, k)] = (total, nn)
-                total, nn = hit
-                col = _default_column(f, n)
-                if out.function is AggregationFunction.SUM:  # a sum of no values is 0.0, as offline
-                    col[p] = total
-                else:  # a mean of no values is NULL
-                    st[(cnt > 0) & (nn == 0)] = FeatureStatus.NULL_VALUE
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        col[p] = np.where(nn > 0, total / np.maximum(nn, 1), np.nan)
-            else:  # LAST_N
-                li = last_idx[out.column]
-                col = [list(f.default) if isinstance(f.default, list) else f.default for _ in range(n)]
-                if last_table is None:
-                    last_table = tc.last_table(rows)
-                slots_k = chron[big - k:] % tc.ring
-                found = tc.last_n(rows, last_table, slots_k, valid[:, big - k:], li, out.n, np.flatnonzero(cnt).tolist())
-                for row_i, values in found.items():
-                    col[present[row_i]] = values
-            status[p, r.offset + j] = st
+            o = tc.outputs[pos]
+            if o.function is AggregationFunction.LAST_N:
+                if o.part not in lists:
+                    lists[o.part] = tc.decode_lists(o.part, raws[("list", o.part)])
+                _, offsets, ts, vals = lists[o.part]
+                lo = now_us - now_us % o.hop_us - o.window_us + o.hop_us
+                # entries are sorted by time per entity: the window's are one run, ending at the last ts <= now
+                upto = np.concatenate(([0], np.cumsum(ts <= now_us)))
+                within = np.concatenate(([0], np.cumsum(ts >= lo)))
+                end = offsets[:-1] + (upto[offsets[1:]] - upto[offsets[:-1]])
+                inside = np.maximum(0, (upto[offsets[1:]] - upto[offsets[:-1]])
+                                    - (offsets[1:] - offsets[:-1] - (within[offsets[1:]] - within[offsets[:-1]])))
+                take = np.minimum(inside, o.n)
+                col: list[Any] = [[] for _ in range(n)]
+                for i in np.flatnonzero(take).tolist():
+                    e = int(end[i])
+                    col[i] = vals[e - int(take[i]): e][::-1].tolist()
+                if len(ts):
+                    last_in = np.where(inside > 0, ts[np.maximum(end - 1, 0)], _NAT)
+                    np.maximum(newest, last_in, out=newest)
+                st = np.where(take > 0, np.uint8(FeatureStatus.PRESENT), np.uint8(FeatureStatus.DEFAULTED))
+            else:
+                inside, cnt = window(o)
+                st = np.where(cnt > 0, np.uint8(FeatureStatus.PRESENT), np.uint8(FeatureStatus.DEFAULTED))
+                if o.function is AggregationFunction.COUNT:
+                    col = cnt.astype(np.int64, copy=False)
+                else:
+                    slots = rings[o.part]
+                    k = sum_idx[o.column]
+                    total = np.where(inside, slots[f"s{k}"], 0.0).sum(axis=1)
+                    if o.function is AggregationFunction.SUM:  # a sum of no values is 0.0, as offline
+                        col = total
+                    else:  # a mean of no values is NULL
+                        nn = np.where(inside, slots[f"n{k}"], 0).sum(axis=1)
+                        st[(cnt > 0) & (nn == 0)] = FeatureStatus.NULL_VALUE
+                        with np.errstate(invalid="ignore", divide="ignore"):
+                            col = np.where(nn > 0, total / np.maximum(nn, 1), np.nan)
+            st[~present] = FeatureStatus.NOT_FOUND
+            status[:, r.offset + j] = st
             columns[r.offset + j] = col
-        newest = np.where(valid, chron[None, :], _NAT).max(axis=1) if len(p) else np.zeros(0, np.int64)
-        ts = np.full(n, _NAT, dtype=np.int64)
-        has = newest != _NAT
-        ts[p[has]] = newest[has] * tc.tile_us
-        event_ts[info.view.name] = ts.view("datetime64[us]")  # start of the newest tile in the window
+        event_ts[info.view.name] = newest.view("datetime64[us]")  # newest tile start / event time in the windows
 
     # ------------------------------------------------------------------ write
     def _sha_of(self, name: str, force: bool = False) -> str:
@@ -582,19 +624,25 @@ class OnlineStore:
         return sha
 
     def _run_scripts(self, name: str, calls: list[tuple[list[str], list[Any]]], idempotent: bool = True) -> int:
-        """EVALSHA `name` once per (keys, args) call, all pipelined; returns the sum of the replies.
+        """EVALSHA `name` once per (keys, args) call, all pipelined; returns the sum of the replies."""
+        return sum(int(r) for r in self.eval_many(name, calls, idempotent))
+
+    def eval_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+                  idempotent: bool = True) -> list[Any]:
+        """EVALSHA the script `name` (of `scripts`) once per (keys, args) call, all pipelined; the replies.
 
         Calls answered NOSCRIPT (server restarted or flushed) are re-sent once
         after loading the script; only those, so a non-idempotent script
-        (ADD_EVENTS) is never applied twice.
+        (ADD_EVENTS without its guard) is never applied twice. Any other error
+        is raised after the whole pipeline ran.
         """
-        total = 0
-        pending = calls
+        out: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
         for attempt in (0, 1):
             if not pending:
                 break
             sha = self._sha_of(name, force=attempt == 1)
-            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in pending]
+            commands = [("EVALSHA", sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in pending]
             if self.cluster:
                 pipe = self.client.pipeline()
                 for cmd in commands:  # execute_command: the cluster pipeline blocks .evalsha() but routes EVALSHA
@@ -603,17 +651,20 @@ class OnlineStore:
             else:
                 replies = self._send(commands, retry=idempotent)
             failed = []
-            for call, reply in zip(pending, replies):
+            error = None
+            for i, reply in zip(pending, replies):
                 if not isinstance(reply, Exception):
-                    total += int(reply)
+                    out[i] = reply
                 elif attempt == 0 and (isinstance(reply, redis.exceptions.NoScriptError) or "NOSCRIPT" in str(reply)):
-                    failed.append(call)
-                else:
-                    raise reply
+                    failed.append(i)
+                elif error is None:
+                    error = reply
+            if error is not None:
+                raise error
             pending = failed
         if pending:
             raise RuntimeError(f"script {name} could not be loaded")
-        return total
+        return out
 
     def _by_slot(self, keys: list[str]) -> list[list[int]]:
         """Row positions grouped so each group's keys share a hash slot (cluster), else one group."""
@@ -674,14 +725,19 @@ class OnlineStore:
         keys, values = self.encode_rows(view, batch)
         return self.write_packed(keys, values)
 
-    def write_tiles(self, view: WindowedFeatureView, tiles: pa.RecordBatch | pa.Table) -> int:
-        """Overwrite whole tiles (materialization). Returns tiles changed.
+    def write_tiles(self, view: WindowedFeatureView, tiles: pa.RecordBatch | pa.Table, *,
+                    through: datetime | int | None = None) -> int:
+        """Write whole per-entity window state (materialization); returns the entities whose state changed.
 
-        Columns: the join keys, ``tile_start`` (timestamp aligned to the tile),
-        ``count``, for each summed/averaged column ``<col>_sum`` and
-        ``<col>_count`` (non-null values), for each last-n column ``<col>_last_n``
-        (values oldest first) and optionally ``<col>_last_n_ts``. A tile replaces
-        its ring slot unless the slot already holds a newer tile.
+        `tiles`: `OfflineStore.tiles` rows (``ring=True`` as of ``through - 1us``): the join keys, ``hop``,
+        ``tile_start`` (aligned to the hop), ``count``, per summed column ``<col>_sum`` and ``<col>_count``,
+        and per entity a last-n row (``hop`` NULL) with ``<col>_last_n`` / ``<col>_last_n_ts``. Every
+        row of an entity must be in the same call: its rings and lists are rebuilt whole from them.
+        `through`: the cut (exclusive; micros or datetime) the rows hold every event before; recorded
+        per entity so the stream skips those events. Ownership against the streaming path
+        (`scripts.PUT_STATE`): tiles from the stream's start (per entity, floored to the coarsest hop)
+        are the stream's and stay; without stream state the rings are overwritten whole; an entity a
+        later cut already wrote is skipped. Unchanged values are not rewritten, so a re-run writes 0.
         """
         info = self.info(view)
         if not info.windowed:
@@ -689,65 +745,97 @@ class OnlineStore:
         if tiles.num_rows == 0:
             return 0
         tc = info.tiles
-        idx, numeric, segs = tc.encode_tiles(tiles)
-        keys = arrow_entity_keys(info.prefix, [column(tiles, k) for k in view.join_keys])
-        per_key: dict[str, list[int]] = {}
-        for i, k in enumerate(keys):
-            per_key.setdefault(k, []).append(i)
-        head = [tc.ring, tc.slot_size, len(tc.last_columns), tc.empty_slot()]
-        idx_list = idx.tolist()
+        bases = arrow_window_entity_bases(info.prefix, [column(tiles, k) for k in view.join_keys])
+        index: dict[str, int] = {}
+        entity = np.fromiter((index.setdefault(b, len(index)) for b in bases), dtype=np.int64, count=len(bases))
+        rings, lists = tc.encode_state(tiles, entity, len(index))
+        cut = "" if through is None else to_micros(through)
+        head = [cut, *tc.script_config()]
+        per_entity = len(tc.rings) + len(tc.lists)
+        step = max(1, TILE_SCRIPT_ARGS // max(1, per_entity))
+        ordered = list(index)
         calls: list[tuple[list[str], list[Any]]] = []
-        ordered_keys = list(per_key)
-        for group in self._by_slot(ordered_keys):
-            ck, ca = [], list(head)
-            for gi in group:
-                key = ordered_keys[gi]
-                rows = per_key[key]
-                ck.append(key)
-                ca.append(len(rows))
-                for i in rows:
-                    ca.extend((idx_list[i], numeric[i], segs[i]))
-                if len(ca) >= TILE_SCRIPT_ARGS:
-                    calls.append((ck, ca))
-                    ck, ca = [], list(head)
-            if ck:
+        groups = self._by_slot([b + ":s" for b in ordered]) if self.cluster else [list(range(len(ordered)))]
+        for group in groups:
+            for s0 in range(0, len(group), step):
+                ck: list[str] = []
+                ca: list[Any] = list(head)
+                for e in group[s0: s0 + step]:
+                    ck.extend(tc.keys(ordered[e]))
+                    ca.extend(blobs[e] for blobs in rings)
+                    ca.extend(blobs[e] for blobs in lists)
                 calls.append((ck, ca))
-        return self._run_scripts("PUT_TILES", calls)
+        return self._run_scripts("PUT_STATE", calls)
 
     def add_to_tiles(self, view: WindowedFeatureView, entity: Any, event_ts: datetime | int,
                      values: Mapping[str, Any]) -> int:
-        """Add one event to its tile (streaming); returns 1, or 0 when the event is too late for the ring."""
+        """Add one event to its tiles and lists (streaming); returns 1, or 0 when it is too late for a ring."""
         return self.add_events(view, [(entity, event_ts, values)])
 
     def add_events(self, view: WindowedFeatureView, events: Iterable[tuple[Any, datetime | int, Mapping[str, Any]]]) -> int:
         """Add many events (entity, event_ts, {column: value}): one script call per entity, pipelined.
 
-        Not idempotent (adding twice counts twice): a dropped connection is not
-        retried; the caller (the stream consumer) decides, from its offsets.
+        Returns the events added to every ring of the view (the others were too old for some ring, or
+        before the batch-through). Not idempotent (adding twice counts twice): a dropped connection is
+        not retried; `featurestore.streaming.TileWriter` adds the exactly-once guard.
         """
         info = self.info(view)
         if not info.windowed:
             raise TypeError(f"{view.name} is not windowed")
-        tc = info.tiles
-        arity = len(view.join_keys)
+        events = list(events)
+        bases = window_entity_bases(info.prefix, [e[0] for e in events], len(view.join_keys))
         per_key: dict[str, list[Any]] = {}
-        pack_d = struct.Struct("<d").pack
-        for entity, ts, vals in events:
-            ts_us = to_micros(ts)
-            key = entity_keys(info.prefix, [entity], arity)[0]
-            args = per_key.setdefault(key, [])
-            args.append(ts_us // tc.tile_us)
-            args.append(ts_us)
-            for c in tc.sum_columns:
-                v = vals.get(c)
-                args.append(b"" if v is None else pack_d(float(v)))
-            for li, c in enumerate(tc.last_columns):
-                v = vals.get(c)
-                args.append(b"" if v is None else b"\1" + tc.elem_bytes(li, v))
-        head = [tc.ring, tc.slot_size, len(tc.last_columns), tc.empty_slot(), len(tc.sum_columns), *tc.last_keep]
-        return self._run_scripts("ADD_EVENTS", [([k], head + a) for k, a in per_key.items()], idempotent=False)
+        encode = info.tiles.event_encoder()
+        for base, (_, ts, vals) in zip(bases, events):
+            args = per_key.get(base)
+            if args is None:
+                args = per_key[base] = []
+            args.append(0)
+            args.extend(encode(to_micros(ts), vals))
+        head = ["", "", *info.tiles.script_config()]
+        replies = self.eval_many("ADD_EVENTS", [(info.tiles.keys(b), head + a) for b, a in per_key.items()],
+                                 idempotent=False)
+        applied = sum(int(rep[0]) for rep in replies)
+        oldest = [int(rep[4]) for rep in replies if int(rep[4]) >= 0]
+        if oldest:
+            self.lower_stream_from(view, min(oldest))
+        return applied
 
     # -------------------------------------------------------------- watermarks
+    def get_batch_through(self, view: WindowedFeatureView) -> int | None:
+        """Micros before which the batch (materialization) wrote every event of the view; None: no batch yet."""
+        raw = self.client.get(batch_through_key(self.project, view))
+        return int(raw) if raw is not None else None
+
+    def set_batch_through(self, view: WindowedFeatureView, us: int) -> None:
+        self.client.set(batch_through_key(self.project, view), str(int(us)))
+
+    def get_stream_from(self, view: WindowedFeatureView) -> int | None:
+        """Micros of the oldest event the streaming path applied to the view; None: it applied nothing yet."""
+        raw = self.client.get(stream_from_key(self.project, view))
+        return int(raw) if raw is not None else None
+
+    def lower_stream_from(self, view: WindowedFeatureView, us: int) -> None:
+        """Record that the stream applied an event at `us` (the stored time only moves back)."""
+        self.eval_many("LOWER_TO", [([stream_from_key(self.project, view)], [str(int(us))])])
+
+    def window_bounds(self, views: Sequence[WindowedFeatureView]) -> list[tuple[int | None, int | None]]:
+        """(batch through, stream from) of each view, in one round trip."""
+        keys = [k for v in views for k in (batch_through_key(self.project, v), stream_from_key(self.project, v))]
+        if not keys:
+            return []
+        if self.cluster:
+            pipe = self.client.pipeline()
+            for k in keys:
+                pipe.get(k)
+            raw = pipe.execute()
+        else:
+            raw = self._send([("MGET", *keys)])[0]
+            if isinstance(raw, Exception):
+                raise raw
+        vals = [int(x) if x is not None else None for x in raw]
+        return [(vals[2 * i], vals[2 * i + 1]) for i in range(len(views))]
+
     def get_watermark(self, view: OnlineView) -> datetime | None:
         raw = self.client.get(watermark_key(self.project, view))
         return from_micros(int(raw)) if raw is not None else None

@@ -1,4 +1,4 @@
-"""The streaming updater: Kafka events -> the online store's window tiles, the same tiles batch computes.
+"""The streaming updater: Kafka events -> the online store's window state, the same state batch computes.
 
 Loop, per polled batch of records (``poll`` -> decode -> apply -> commit):
 
@@ -7,8 +7,10 @@ Loop, per polled batch of records (``poll`` -> decode -> apply -> commit):
    ``where``); an undecodable record is counted, logged and skipped -- it never
    stops the loop, and it is never dropped without a counter;
 2. the events of all views go to Redis in one pipeline (:class:`TileWriter`),
-   each (entity ring, partition) one atomic script that skips records already
+   each (entity, partition) one atomic script that skips records already
    applied (see :mod:`featurestore.streaming.apply`): re-delivery is harmless;
+   events before the view's batch-through time are skipped as covered by the
+   materialized state (``covered_by_batch``; see :mod:`featurestore.materialize`);
 3. only after the writes succeeded are the batch's offsets committed. A failed
    write is retried (with back-off) with the same events; a failed commit is
    counted and left to the next batch's commit -- either way a record is
@@ -51,7 +53,11 @@ EVENTS_APPLIED = Counter("cascade_feature_stream_events_applied_total",
 DUPLICATES_SKIPPED = Counter("cascade_feature_stream_duplicates_skipped_total",
                              "Events skipped because their record was already applied (re-delivery).", ["view"])
 LATE_EVENTS = Counter("cascade_feature_stream_late_events_total",
-                      "Events older than the view's tile ring keeps (their slot holds a newer tile): dropped.", ["view"])
+                      "Events too old for at least one of the view's rings (its slot holds a newer tile): dropped there.",
+                      ["view"])
+COVERED_BY_BATCH = Counter("cascade_feature_stream_covered_by_batch_total",
+                           "Events before the view's batch-through time: the materialized state holds them, skipped.",
+                           ["view"])
 FILTERED = Counter("cascade_feature_stream_filtered_total",
                    "Records a view's stream `where` rejected.", ["view"])
 DECODE_ERRORS = Counter("cascade_feature_stream_decode_errors_total",
@@ -79,6 +85,7 @@ class StreamStats:
     applied: int = 0
     duplicates: int = 0
     late: int = 0
+    covered_by_batch: int = 0  # before the batch-through: materialization wrote them
     filtered: int = 0
     decode_errors: int = 0
     batches: int = 0
@@ -100,7 +107,7 @@ class StreamStats:
         for name, c in self.per_view.items():
             b = before.per_view.get(name, ApplyCounts())
             out.per_view[name] = ApplyCounts(c.applied - b.applied, c.late - b.late, c.duplicates - b.duplicates,
-                                             c.rejected - b.rejected)
+                                             c.rejected - b.rejected, c.covered - b.covered)
         return out
 
     def copy(self) -> "StreamStats":
@@ -109,7 +116,7 @@ class StreamStats:
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
         return (f"records={self.records} ({rate:,.0f}/s) applied={self.applied} duplicates={self.duplicates} "
-                f"late={self.late} filtered={self.filtered} decode_errors={self.decode_errors} "
+                f"late={self.late} covered_by_batch={self.covered_by_batch} filtered={self.filtered} decode_errors={self.decode_errors} "
                 f"write_errors={self.write_errors} commit_errors={self.commit_errors} lag={self.lag}")
 
 
@@ -417,6 +424,7 @@ class StreamingUpdater:
             stats.applied += c.applied
             stats.duplicates += c.duplicates
             stats.late += c.late
+            stats.covered_by_batch += c.covered
             stats.decode_errors += c.rejected
             pv = stats.per_view.setdefault(name, ApplyCounts())
             pv += c
@@ -426,6 +434,8 @@ class StreamingUpdater:
                 DUPLICATES_SKIPPED.labels(name).inc(c.duplicates)
             if c.late:
                 LATE_EVENTS.labels(name).inc(c.late)
+            if c.covered:
+                COVERED_BY_BATCH.labels(name).inc(c.covered)
             if c.rejected:
                 DECODE_ERRORS.labels(topics.get(name, ""), name).inc(c.rejected)
             if name in newest and c.applied:

@@ -61,6 +61,19 @@ def test_window_must_be_a_multiple_of_the_tile() -> None:
         WindowedFeatureView("clicks", (USER,), SRC, (agg,), tile=timedelta(0))
 
 
+def test_each_window_gets_its_own_hop_unless_tile_pins_one() -> None:
+    aggs = (Aggregation(AggregationFunction.COUNT, (D, 7 * D, 30 * D)),
+            Aggregation(AggregationFunction.LAST_N, (timedelta(hours=2),), column="item", n=5))
+    view = WindowedFeatureView("clicks", (USER,), SRC, aggs)
+    assert [view.hop(w) for w in (D, 7 * D, 30 * D, timedelta(hours=2))] == [H, 6 * H, D, timedelta(minutes=5)]
+    assert view.hops == (timedelta(minutes=5), H, 6 * H, D)
+    assert view.hop_windows() == {H: D, 6 * H: 7 * D, D: 30 * D}  # last-n lists are not tiled
+    pinned = WindowedFeatureView("clicks", (USER,), SRC, aggs, tile=H)
+    assert pinned.hops == (H,) and pinned.hop(30 * D) == H
+    with pytest.raises(ValueError, match="window 7m is not a multiple of any default hop"):
+        WindowedFeatureView("clicks", (USER,), SRC, (Aggregation(AggregationFunction.COUNT, (timedelta(minutes=7),)),))
+
+
 def test_duplicate_features_are_refused() -> None:
     with pytest.raises(ValueError, match="'age' is defined twice"):
         FeatureView("p", (USER,), SRC, (Feature("age", ValueType.INT64), Feature("age", ValueType.FLOAT64)))

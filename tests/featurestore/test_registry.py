@@ -135,6 +135,16 @@ def test_feature_set_changes_bump_its_version(applied: Registry) -> None:
     assert [c["ref"] for c in applied.find_feature_set("model", 1)] == [c["ref"] for c in applied.find_feature_set("model", 3)]
 
 
+def test_pinning_the_hop_the_ladder_chose_is_compatible(applied: Registry) -> None:
+    """Only a window's hop matters: `tile` set to what the default ladder gives a 1d-only view changes nothing stored."""
+    one_day = replace(STATS, aggregations=(Aggregation(AggregationFunction.COUNT, (D,), name="clicks"),))
+    v1 = applied.apply(make_repo(stats=one_day), allow_breaking=True)  # drops clicks_7d (a live set reads it)
+    plan = applied.plan(make_repo(stats=replace(one_day, tile=timedelta(hours=1))))
+    assert plan.has_changes and not plan.is_breaking
+    v2 = applied.apply(make_repo(stats=replace(one_day, tile=timedelta(hours=1))))
+    assert v2.view_version("item_stats") == v1.view_version("item_stats")
+
+
 BREAKING = {
     "dtype": lambda: make_repo(profile=replace(PROFILE, features=(Feature("age", ValueType.FLOAT64), PROFILE.features[1]))),
     "removed feature used by a live set": lambda: make_repo(
@@ -143,13 +153,17 @@ BREAKING = {
     "join keys": lambda: make_repo(profile=replace(PROFILE, entities=(Entity("user", ("uid",)),))),
     "timestamp field": lambda: make_repo(profile=replace(PROFILE, source=ParquetSource("users.parquet", timestamp_field="ts"))),
     "tile": lambda: make_repo(stats=replace(STATS, tile=timedelta(hours=2))),
+    "ladder hop": lambda: make_repo(stats=replace(STATS, aggregations=(
+        Aggregation(AggregationFunction.COUNT, (D, 7 * D), name="clicks"),
+        Aggregation(AggregationFunction.COUNT, (D,), name="views")), tile=timedelta(hours=1))),
 }
 EXPECTED_REASON = {
     "dtype": "user_profile: feature 'age' changes type int64 -> float64",
     "removed feature used by a live set": "user_profile: removes feature 'age', which live feature set(s) model use",
     "join keys": "entity user: join keys change ('user_id',) -> ('uid',)",
     "timestamp field": "user_profile: source timestamp field changes 'event_ts' -> 'ts'",
-    "tile": "item_stats: tile changes 1h -> 2h",
+    "tile": "item_stats: hops change (1d: 1h -> 2h, 7d: 6h -> 2h)",
+    "ladder hop": "item_stats: hops change (7d: 6h -> 1h)",  # pinning every window to 1h moves 7d
 }
 
 

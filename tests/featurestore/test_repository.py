@@ -208,7 +208,8 @@ def test_project_feature_sets_have_the_documented_contents(project_repo: Feature
     syn = project_repo.resolve("din_synthetic").schema()
     assert set(syn) - set(project_repo.resolve("deepfm_synthetic").schema()) == {"syn_user_activity:item_id_last50_30d"}
     activity = project_repo.view("user_activity")
-    assert isinstance(activity, WindowedFeatureView) and activity.tile == timedelta(hours=1)
+    assert isinstance(activity, WindowedFeatureView) and activity.tile is None
+    assert [activity.hop(timedelta(days=d)) for d in (1, 7, 30)] == [timedelta(hours=1), timedelta(hours=6), timedelta(days=1)]
     assert activity.stream is not None and activity.stream.topic == "events"
     assert activity.stream.fields["rating"] == "value" and activity.stream.fields["event_ts"] == "timestamp_ms"
 

@@ -114,24 +114,56 @@ def test_only_requested_outputs_are_computed_and_named(store: OfflineStore, view
 
 
 def test_tiles_hold_each_tiles_partial_state_in_the_online_layout(store: OfflineStore, view: WindowedFeatureView) -> None:
-    rows = sorted(store.tiles(view).to_pylist(), key=lambda r: r["tile_start"])  # tiles come in no set order
-    assert [(r["tile_start"], r["count"], r["rating_sum"], r["rating_count"], r["item_id_last_n"]) for r in rows] == [
-        (at(8), 1, 1.0, 1, [1]),
-        (at(9), 2, 2.0, 1, [2, 3]),  # the NULL rating is counted as an event, not as a value
-        (at(10), 4, 22.0, 4, [6, 7]),  # the 2 most recent, oldest first (the online codec's order)
+    table = store.tiles(view)
+    assert table.schema.field("hop").type == pa.duration("us")
+    rows = table.to_pylist()  # ordered by keys, then hop (the last-n row first), then tile
+    last, tiles = rows[0], rows[1:]
+    assert [(r["hop"], r["tile_start"], r["count"], r["rating_sum"], r["rating_count"]) for r in tiles] == [
+        (H, at(8), 1, 1.0, 1),
+        (H, at(9), 2, 2.0, 1),  # the NULL rating is counted as an event, not as a value
+        (H, at(10), 4, 22.0, 4),
     ]
-    assert rows[2]["item_id_last_n_ts"] == [at(10, 20), at(10, 45)]
+    assert all(r["item_id_last_n"] is None for r in tiles)
+    # last-N is not tiled: one row per entity with its 2 most recent values, oldest first (the online order)
+    assert (last["hop"], last["tile_start"], last["count"]) == (None, None, None)
+    assert last["item_id_last_n"] == [6, 7] and last["item_id_last_n_ts"] == [at(10, 20), at(10, 45)]
 
 
 def test_tiles_up_to_end_leave_the_current_tile_partial_and_start_rounds_down(store: OfflineStore,
                                                                              view: WindowedFeatureView) -> None:
-    rows = sorted(store.tiles(view, start=at(9, 30), end=at(10, 20)).to_pylist(), key=lambda r: r["tile_start"])
-    assert [(r["tile_start"], r["count"], r["item_id_last_n"]) for r in rows] == [
-        (at(9), 2, [2, 3]),  # start 09:30 -> the whole 09:00 tile
-        (at(10), 3, [5, 6]),  # up to 10:20 included
+    rows = store.tiles(view, start=at(9, 30), end=at(10, 20)).to_pylist()
+    assert [(r["tile_start"], r["count"]) for r in rows[1:]] == [
+        (at(9), 2),  # start 09:30 -> the whole 09:00 tile
+        (at(10), 3),  # up to 10:20 included
     ]
+    assert rows[0]["item_id_last_n"] == [5, 6]  # the last-n values are cut at start and end exactly
     batches = list(store.iter_tiles(view, chunk_rows=2))
-    assert sum(b.num_rows for b in batches) == 3 and max(b.num_rows for b in batches) <= 2
+    assert sum(b.num_rows for b in batches) == 4 and max(b.num_rows for b in batches) <= 2
+
+
+def test_ring_tiles_are_what_the_online_rings_keep(store: OfflineStore, tmp_path: Path) -> None:
+    """ring=True: per hop the newest longest-window/hop + 1 tiles as of end; last-n within its window of end."""
+    day = timedelta(days=1)
+    path = write(tmp_path, "ring.parquet", [
+        {"user_id": 1, "event_ts": at(0) - timedelta(days=d, hours=hh), "item_id": 100 * d + hh, "rating": 1.0}
+        for d in range(0, 12) for hh in (0, 7, 13)])
+    view = WindowedFeatureView("ring", (USER,), ParquetSource(path), (
+        Aggregation(AggregationFunction.COUNT, (day, 7 * day)),  # hops 1h (24 + 1 tiles) and 6h (28 + 1)
+        Aggregation(AggregationFunction.LAST_N, (2 * day,), column="item_id", n=50),
+    ))
+    assert view.hops == (H, 6 * H)
+    end = at(0) + timedelta(hours=2)
+    rows = store.tiles(view, end=end, ring=True).to_pylist()
+    by_hop = {}
+    for r in rows[1:]:
+        by_hop.setdefault(r["hop"], []).append(r["tile_start"])
+    # 24 + 1 one-hour tiles up to the one holding `end` (02:00): from 02:00 the day before; its oldest event is 11:00
+    assert min(by_hop[H]) == at(0) - 13 * H and max(by_hop[H]) == at(0)
+    assert min(by_hop[6 * H]) == at(0) - 7 * day  # 28 + 1 six-hour tiles
+    assert all(t >= end - 2 * day for t in rows[0]["item_id_last_n_ts"])
+    assert rows[0]["item_id_last_n"][-1] == 0  # the newest (at 00:00) last
+    full = store.tiles(view, end=end).to_pylist()
+    assert len(full) > len(rows)
 
 
 def test_tile_start_is_epoch_aligned_utc() -> None:

@@ -28,6 +28,7 @@ from featurestore.definitions import (
 )
 from featurestore.materialize import materialize, rechunk
 from featurestore.online import FeatureStatus, OnlineStore
+from featurestore.online.codec import to_micros
 
 T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
 USER = Entity("user", ("user_id",))
@@ -76,16 +77,19 @@ class FakeOffline:
             self.yielded += batch.num_rows
             yield batch
 
-    def tiles(self, view, start, end) -> Iterator[pa.RecordBatch]:
-        self.calls.append(("tiles", view.name, start, end))
+    def tiles(self, view, start, end, *, ring: bool = False) -> Iterator[pa.RecordBatch]:
+        """1 h tiles of the events up to `end`: with `ring`, the 2 h window's ring (3 tiles), ordered by user."""
+        self.calls.append(("tiles", view.name, start, end, ring))
+        first = end.replace(minute=0, second=0, microsecond=0) - 2 * H if ring else start
         agg: dict[tuple[int, datetime], list[float]] = {}
         for user, ts, amount in self.events:
             tile = ts.replace(minute=0, second=0, microsecond=0)
-            if start <= tile and ts <= end:
+            if first <= tile and ts <= end:
                 agg.setdefault((user, tile), []).append(amount)
         keys = sorted(agg)
         table = pa.table({
             "user_id": [k[0] for k in keys],
+            "hop": pa.array([H] * len(keys), type=pa.duration("us")),
             "tile_start": pa.array([k[1] for k in keys], type=pa.timestamp("us", "UTC")),
             "count": [len(agg[k]) for k in keys],
             "amount_sum": [float(sum(agg[k])) for k in keys],
@@ -102,6 +106,16 @@ def test_rechunk_cuts_exact_chunks_without_copying() -> None:
     assert list(rechunk(iter([]), 8)) == []
     with pytest.raises(ValueError):
         list(rechunk(iter(src), 0))
+
+
+def test_rechunk_by_key_never_splits_an_entity() -> None:
+    keys = [0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 3, 4, 4]
+    src = [pa.record_batch({"k": keys[a:b], "v": list(range(a, b))}) for a, b in ((0, 2), (2, 7), (7, 12), (12, 13))]
+    chunks = list(rechunk(iter(src), 3, keys=["k"]))
+    assert pa.concat_tables(chunks).column("v").to_pylist() == list(range(13))
+    seen = [sorted(set(c.column("k").to_pylist())) for c in chunks]
+    assert all(not set(a) & set(b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    assert [c.num_rows for c in chunks] == [4, 7, 2]  # cut at the last entity boundary of what arrived
 
 
 def test_chunked_incremental_idempotent(store: OnlineStore, tmp_path, monkeypatch) -> None:
@@ -162,21 +176,52 @@ def test_crash_keeps_watermark_and_rerun_completes(store: OnlineStore, tmp_path)
     assert (store.read(PROFILE, list(range(300)), now=end).status == FeatureStatus.PRESENT).all()
 
 
-def test_windowed_views_materialize_tiles(store: OnlineStore) -> None:
+def test_windowed_views_materialize_tiles(store: OnlineStore, monkeypatch) -> None:
     events = [(u, T0 + timedelta(minutes=m), float(u + m)) for u in range(20) for m in (10, 70, 130, 150)]
     offline = FakeOffline(pa.table({"user_id": [0], "event_ts": pa.array([T0], type=pa.timestamp("us", "UTC"))}),
                           batch_rows=7, events=events)
+    chunks: list[list[int]] = []
+    write_tiles = store.write_tiles
+
+    def spy(view, tiles, **kw):
+        chunks.append(sorted(set(tiles.column("user_id").to_pylist())))
+        return write_tiles(view, tiles, **kw)
+
+    monkeypatch.setattr(store, "write_tiles", spy)
     end = T0 + timedelta(hours=2, minutes=40)
     rep = materialize(offline, store, [ACTIVITY], None, end, None, chunk_rows=16, progress=False)
-    # the ring at 02:40 keeps tiles 00:00..02:00 (2h window + 1); asked from the oldest one
-    assert offline.calls[-1] == ("tiles", "activity", T0, end)
-    assert rep.rows_read == 20 * 3 and rep.rows_written == 60 and rep.view("activity").chunks == 4
+    # the whole state as of `end` (the cut is end + 1us: no stream yet): the ring of 00:00..02:00
+    assert offline.calls[-1] == ("tiles", "activity", None, end, True)
+    assert rep.rows_read == 20 * 3 and rep.rows_written == 20  # entities written
+    assert rep.view("activity").through == end + timedelta(microseconds=1)
+    assert store.get_batch_through(ACTIVITY) == to_micros(end) + 1
+    assert len(chunks) == rep.view("activity").chunks >= 3 and all(len(c) for c in chunks)
+    assert sum(len(c) for c in chunks) == 20  # an entity's rows are never split over two writes
     res = store.read(ACTIVITY, list(range(20)), now=end).to_rows()
     for u, row in enumerate(res):  # 2h window at 02:40 = tiles 01:00 and 02:00: minutes 70, 130, 150
         assert row["activity:count_2h"] == 3
         assert row["activity:amount_sum_2h"] == (u + 70) + (u + 130.0) + (u + 150.0)
     again = materialize(offline, store, [ACTIVITY], T0, end, None, chunk_rows=16, progress=False)
     assert again.rows_read == 60 and again.rows_written == 0
+
+
+def test_incremental_materialization_is_clamped_to_the_streams_start(store: OnlineStore) -> None:
+    """Once the stream applied events from 01:20, the batch never writes a tile from 01:00 on."""
+    events = [(1, T0 + timedelta(minutes=m), 1.0) for m in (10, 40, 70, 100)]
+    offline = FakeOffline(pa.table({"user_id": [0], "event_ts": pa.array([T0], type=pa.timestamp("us", "UTC"))}),
+                          events=events)
+    store.add_events(ACTIVITY, [(1, T0 + timedelta(minutes=m), {"amount": 1.0}) for m in (80, 100)])  # stream from 01:20
+    assert store.get_stream_from(ACTIVITY) == to_micros(T0 + timedelta(minutes=80))
+    end = T0 + timedelta(hours=1, minutes=50)
+    rep = materialize(offline, store, [ACTIVITY], None, end, None, chunk_rows=16, progress=False)
+    assert offline.calls[-1][3] == T0 + H - timedelta(microseconds=1)  # the state as of the clamp, 01:00
+    assert rep.view("activity").through == T0 + H
+    row = store.read(ACTIVITY, [1], now=end).to_rows()[0]
+    assert row["activity:count_2h"] == 4  # 00:10, 00:40 from the batch; 01:20, 01:40 from the stream (01:10 missed)
+    # a later run cannot move the cut past the stream's start: nothing to write, the watermark still moves
+    later = materialize(offline, store, [ACTIVITY], None, end + H, None, chunk_rows=16, progress=False)
+    assert later.rows_written == 0 and later.view("activity").through == T0 + H
+    assert store.get_watermark(ACTIVITY) == end + H
 
 
 def test_cli_materializes_from_definitions(stack, tmp_path, capsys, unique_prefix: str) -> None:

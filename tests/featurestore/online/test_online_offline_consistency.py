@@ -42,6 +42,13 @@ ACTIVITY = WindowedFeatureView("activity", (USER,), ParquetSource("events.parque
     Aggregation(F.MEAN, (2 * H, 24 * H), column="amount"),
     Aggregation(F.LAST_N, (24 * H,), column="item", n=4),
 ), tile=H)
+# the same with each window's default hop: 2h by 5 min, 24h by 1h
+LADDER = WindowedFeatureView("activity", (USER,), ParquetSource("events.parquet"), (
+    Aggregation(F.COUNT, (2 * H, 24 * H)),
+    Aggregation(F.SUM, (24 * H,), column="amount"),
+    Aggregation(F.MEAN, (2 * H, 24 * H), column="amount"),
+    Aggregation(F.LAST_N, (2 * H, 24 * H), column="item", n=4),
+))
 N_USERS = 60
 
 
@@ -70,7 +77,10 @@ def offline(tmp_path) -> OfflineStore:
         yield store
 
 
-def test_online_equals_training_set_after_materialize(offline: OfflineStore, store: OnlineStore, tmp_path) -> None:
+@pytest.mark.parametrize("activity", [ACTIVITY, LADDER], ids=["tile_1h", "ladder"])
+def test_online_equals_training_set_after_materialize(offline: OfflineStore, store: OnlineStore, tmp_path,
+                                                     activity: WindowedFeatureView) -> None:
+    ACTIVITY = activity  # noqa: N806 - the view under test
     rep = materialize(offline, store, [PROFILE, ACTIVITY], None, END, tmp_path / "state.json",
                       chunk_rows=50, progress=False)
     assert rep.view("profile").rows_written > 0 and rep.view("activity").rows_written > 0

@@ -86,27 +86,35 @@ def test_streaming_adds_read_as_hand_computed_windows(store: OnlineStore) -> Non
     assert store.add_to_tiles(EVENTS, 1, at(9, 45), {"amount": 1.0, "item": 1}) == 0
 
 
-def tiles_table(events) -> pa.Table:
+def tiles_table(events, keep: int = 3) -> pa.Table:
+    """What `OfflineStore.tiles` gives for `events`: per (user, hour) tile a row, per user a last-n row."""
     tiles: dict[tuple[int, datetime], list] = {}
+    lasts: dict[int, list] = {}
     for u, ts, amount, item in sorted(events, key=lambda e: e[1]):  # stable: arrival order on equal times
         tiles.setdefault((u, ts.replace(minute=0)), []).append((ts, amount, item))
-    cols: dict[str, list] = {k: [] for k in ("user_id", "tile_start", "count", "amount_sum", "amount_count",
+        lasts.setdefault(u, []).append((ts, item))
+    cols: dict[str, list] = {k: [] for k in ("user_id", "hop", "tile_start", "count", "amount_sum", "amount_count",
                                              "item_last_n", "item_last_n_ts")}
+
+    def row(**values) -> None:
+        for k in cols:
+            cols[k].append(values.get(k))
+
     for (u, start), evs in tiles.items():
         amounts = [a for _, a, _ in evs if a is not None]
-        cols["user_id"].append(u)
-        cols["tile_start"].append(start)
-        cols["count"].append(len(evs))
-        cols["amount_sum"].append(sum(amounts) if amounts else None)
-        cols["amount_count"].append(len(amounts))
-        cols["item_last_n"].append([i for _, _, i in evs][-3:])
-        cols["item_last_n_ts"].append([t for t, _, _ in evs][-3:])
-    return pa.table({**cols, "tile_start": pa.array(cols["tile_start"], type=pa.timestamp("us", "UTC"))})
+        row(user_id=u, hop=H, tile_start=start, count=len(evs), amount_sum=sum(amounts) if amounts else 0.0,
+            amount_count=len(amounts))
+    for u, evs in lasts.items():
+        evs = [e for e in evs if e[1] is not None][-keep:]
+        row(user_id=u, item_last_n=[i for _, i in evs], item_last_n_ts=[t for t, _ in evs])
+    return pa.table({**cols, "hop": pa.array(cols["hop"], type=pa.duration("us")),
+                     "tile_start": pa.array(cols["tile_start"], type=pa.timestamp("us", "UTC")),
+                     "item_last_n_ts": pa.array(cols["item_last_n_ts"], type=pa.list_(pa.timestamp("us", "UTC")))})
 
 
 def test_batch_tiles_read_the_same_and_rewrite_is_idempotent(store: OnlineStore) -> None:
     tiles = tiles_table(EVENTS_USER1 + EVENTS_USER2)
-    assert store.write_tiles(EVENTS, tiles) == tiles.num_rows == 5
+    assert store.write_tiles(EVENTS, tiles) == 2  # entities whose state changed
     check(store, at(12, 40), EXPECTED_1240)
     check(store, at(13, 10), EXPECTED_1310)
     assert store.write_tiles(EVENTS, tiles) == 0
@@ -117,14 +125,50 @@ def test_batch_tiles_read_the_same_and_rewrite_is_idempotent(store: OnlineStore)
     assert row["user_events:item_last3_3h"] == [108, 106, 105]
 
 
-def test_batch_tile_overwrites_and_older_tile_does_not_evict_newer(store: OnlineStore) -> None:
-    store.add_events(EVENTS, [(5, at(12, 5), {"amount": 1.0, "item": 1})])
-    full = tiles_table([(5, at(12, 5), 1.0, 1), (5, at(12, 50), 2.0, 2)])
-    assert store.write_tiles(EVENTS, full) == 1  # the complete tile replaces the partial one
-    old = tiles_table([(5, at(8, 5), 9.0, 9)])  # tile 8 maps to tile 12's slot: older, skipped
-    assert store.write_tiles(EVENTS, old) == 0
+def test_batch_then_stream_the_stream_skips_what_the_batch_holds(store: OnlineStore) -> None:
+    """Materialized through 12:30 (exclusive): the stream adds only events from 12:30 on, into the same tile."""
+    batch = [(5, at(11, 50), 1.0, 1), (5, at(12, 5), 2.0, 2), (5, at(12, 29), 4.0, 3)]
+    assert store.write_tiles(EVENTS, tiles_table(batch), through=at(12, 30)) == 1
+    late_dup = store.add_events(EVENTS, [(5, at(12, 29), {"amount": 4.0, "item": 3})])  # the batch has it
+    assert late_dup == 0
+    assert store.add_events(EVENTS, [(5, at(12, 30), {"amount": 8.0, "item": 4})]) == 1
     row = store.read(EVENTS, [5], now=at(12, 55)).to_rows()[0]
-    assert row["user_events:count_2h"] == 2 and row["user_events:amount_sum_2h"] == 3.0
+    assert row["user_events:count_2h"] == 4 and row["user_events:amount_sum_2h"] == 15.0
+    assert row["user_events:item_last3_2h"] == [4, 3, 2]
+
+
+def test_stream_then_batch_the_stream_keeps_its_tiles(store: OnlineStore) -> None:
+    """The stream started at 12:05: tile 12:00 and later are its own; the batch may only fill tiles before.
+
+    Materialization computes the batch state as of the stream's start floored to the coarsest hop (12:00);
+    a batch cut later than that (a stream starting while materializing) still leaves the stream's tiles alone.
+    """
+    assert store.add_events(EVENTS, [(6, at(12, 5), {"amount": 1.0, "item": 1})]) == 1
+    history = [(6, at(10, 30), 5.0, 7), (6, at(11, 40), 3.0, 8), (6, at(12, 5), 1.0, 1), (6, at(12, 50), 2.0, 2)]
+    before = [e for e in history if e[1] < at(12, 0)]
+    assert store.write_tiles(EVENTS, tiles_table(before), through=at(12, 0)) == 1
+    row = store.read(EVENTS, [6], now=at(12, 55)).to_rows()[0]
+    assert (row["user_events:count_2h"], row["user_events:count_3h"]) == (2, 3)
+    assert row["user_events:item_last3_3h"] == [1, 8, 7]  # batch values before 12:00, the stream's after
+    assert store.add_events(EVENTS, [(6, at(11, 45), {"amount": 1.0, "item": 9})]) == 0  # the batch's now
+    assert store.add_events(EVENTS, [(6, at(12, 50), {"amount": 2.0, "item": 2})]) == 1  # the stream's
+    row = store.read(EVENTS, [6], now=at(12, 55)).to_rows()[0]
+    assert (row["user_events:count_2h"], row["user_events:amount_sum_2h"]) == (3, 6.0)
+    assert row["user_events:item_last3_3h"] == [2, 1, 8]
+    # a cut past the stream's start: tiles from 12:00 stay the stream's (no double count of 12:05 / 12:50)
+    assert store.write_tiles(EVENTS, tiles_table(history), through=at(13, 0)) == 0
+    assert store.read(EVENTS, [6], now=at(12, 55)).to_rows()[0]["user_events:count_3h"] == 4
+
+
+def test_an_older_cut_never_overwrites_a_newer_one(store: OnlineStore) -> None:
+    newer = tiles_table([(7, at(11, 5), 1.0, 1), (7, at(12, 5), 2.0, 2)])
+    older = tiles_table([(7, at(11, 5), 1.0, 1)])
+    assert store.write_tiles(EVENTS, newer, through=at(12, 10)) == 1
+    assert store.write_tiles(EVENTS, older, through=at(11, 10)) == 0
+    assert store.read(EVENTS, [7], now=at(12, 20)).to_rows()[0]["user_events:count_2h"] == 2
+    # a tile older than the ring keeps is dropped; the newer tile in its slot stays
+    assert store.write_tiles(EVENTS, tiles_table([(7, at(8, 5), 9.0, 9), (7, at(11, 5), 1.0, 1), (7, at(12, 5), 2.0, 2)]),
+                             through=at(12, 10)) == 0
 
 
 def test_window_of_only_nulls_sums_to_zero_and_has_no_mean(store: OnlineStore) -> None:
@@ -140,11 +184,12 @@ def test_window_of_only_nulls_sums_to_zero_and_has_no_mean(store: OnlineStore) -
 
 def test_string_last_n_and_unaligned_tiles_rejected(store: OnlineStore) -> None:
     view = WindowedFeatureView("clicks", (USER,), ParquetSource("c.parquet"), (
+        Aggregation(F.COUNT, (2 * H,)),
         Aggregation(F.LAST_N, (2 * H,), column="query", n=2, dtype=ValueType.STRING_LIST),
     ), tile=H)
     store.add_events(view, [(1, at(10, m), {"query": q}) for m, q in ((1, "a"), (2, ""), (3, "ünï"))])
     assert store.read(view, [1], now=at(10, 30)).to_rows()[0]["clicks:query_last2_2h"] == ["ünï", ""]
-    bad = pa.table({"user_id": [1], "tile_start": pa.array([at(10, 30)], type=pa.timestamp("us", "UTC")),
-                    "count": [1], "query_last_n": [["x"]]})
+    bad = pa.table({"user_id": [1], "hop": pa.array([H], type=pa.duration("us")),
+                    "tile_start": pa.array([at(10, 30)], type=pa.timestamp("us", "UTC")), "count": [1]})
     with pytest.raises(ValueError, match="aligned"):
         store.write_tiles(view, bad)

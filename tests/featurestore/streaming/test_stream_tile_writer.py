@@ -21,7 +21,7 @@ from featurestore.definitions import (
 )
 from featurestore.online import OnlineStore
 from featurestore.online.codec import to_micros
-from featurestore.online.layout import entity_keys
+from featurestore.online.layout import window_entity_bases
 from featurestore.streaming import StreamEvent, TileWriter
 from stack.redis_cluster import EmbeddedRedisCluster
 
@@ -66,8 +66,12 @@ def test_same_tiles_as_the_stores_add_events(store: OnlineStore) -> None:
     counts = TileWriter(store).apply([(VIEW, evs)])["tw_user"]
     assert (counts.applied, counts.duplicates, counts.late) == (30, 0, 0)
     users = [1, 2, "ü|%{x}"]
-    ours = [store.client.get(k) for k in entity_keys(store.info(VIEW).prefix, users)]
-    theirs = [store.client.get(k) for k in entity_keys(plain.info(VIEW).prefix, users)]
+
+    def values(s: OnlineStore) -> list:
+        tc = s.info(VIEW).tiles
+        return [s.client.get(k) for b in window_entity_bases(s.info(VIEW).prefix, users) for k in tc.keys(b)[1:]]
+
+    ours, theirs = values(store), values(plain)
     assert ours == theirs and all(ours)
 
 
@@ -99,23 +103,42 @@ def test_partitions_and_topics_have_their_own_offsets(store: OnlineStore) -> Non
 def test_events_too_late_for_the_ring_are_counted_as_late(store: OnlineStore) -> None:
     w = TileWriter(store)
     new = StreamEvent("t", 0, 1, 7, to_micros(T0 + 10 * H), {"rating": 1.0, "item_id": 1})
-    old = StreamEvent("t", 0, 2, 7, to_micros(T0 + 6 * H), {"rating": 1.0, "item_id": 2})  # its slot holds 10 h now
+    # 3h hops by 5 min (the default ladder): a ring of 37 slots; 37 x 5 min before 10:00 shares 10:00's slot
+    assert store.info(VIEW).tiles.rings[0].slots == 37
+    old = StreamEvent("t", 0, 2, 7, to_micros(T0 + 10 * H - 37 * timedelta(minutes=5)), {"rating": 1.0, "item_id": 2})
     c = w.apply([(VIEW, [new, old])])["tw_user"]
     assert (c.applied, c.late, c.duplicates) == (1, 1, 0)
     assert w.apply([(VIEW, [new, old])])["tw_user"].duplicates == 2  # late ones are consumed too
 
 
-def test_offsets_hash_shares_the_rings_cluster_slot(store: OnlineStore) -> None:
+def test_events_before_the_batch_through_are_covered_by_the_batch(store: OnlineStore) -> None:
     w = TileWriter(store)
-    for user in (1, "plain", "ü|%", "a{b}c", "x{"):  # no '}' in the key, or a hash tag of its own
-        ring = entity_keys(store.info(VIEW).prefix, [user])[0]
-        okey = w.offsets_key(ring)
-        assert okey.startswith(f"{store.project}:_so:") and okey != ring
-        assert key_slot(okey.encode()) == key_slot(ring.encode()), user
-    # a '}' without a hash tag cannot be matched: refused (counted) on a cluster, fine on a single server
+    store.set_batch_through(VIEW, to_micros(T0 + 2 * H))
+    evs = [StreamEvent("t", 0, k, 8, to_micros(T0 + timedelta(minutes=50 * k)), {"rating": 1.0, "item_id": k})
+           for k in range(5)]  # 00:00, 00:50, 01:40 are the batch's; 02:30, 03:20 the stream's
+    c = w.apply([(VIEW, evs)])["tw_user"]
+    assert (c.applied, c.covered, c.duplicates) == (2, 3, 0)
+    assert store.get_stream_from(VIEW) == to_micros(T0 + timedelta(minutes=150))
+    row = store.read(VIEW, [8], now=T0 + 4 * H).to_rows()[0]
+    assert row["tw_user:n_3h"] == 2 and row["tw_user:item_id_last4_3h"] == [4, 3]
+    # the entity's own batch-through (written with its state) applies even when the view's is not known yet
+    store.client.hset(w.offsets_key(window_entity_bases(store.info(VIEW).prefix, [9])[0]), "bt", to_micros(T0 + H))
+    store.set_batch_through(VIEW, 0)
+    late = StreamEvent("t", 1, 0, 9, to_micros(T0 + timedelta(minutes=30)), {"rating": 1.0, "item_id": 1})
+    assert w.apply([(VIEW, [late])])["tw_user"].covered == 1
+
+
+def test_every_key_of_an_entity_shares_its_cluster_slot(store: OnlineStore) -> None:
+    w = TileWriter(store)
+    tc = store.info(VIEW).tiles
+    for user in (1, "plain", "ü|%", "a{b}c", "x{", "{}x", "}y", ""):
+        keys = tc.keys(window_entity_bases(store.info(VIEW).prefix, [user])[0])
+        assert keys[0] == w.offsets_key(keys[0][:-2]) and len(set(keys)) == len(keys)
+        assert len({key_slot(k.encode()) for k in keys}) == 1, user
     odd = [StreamEvent("t", 0, k, user, to_micros(T0), {"rating": 1.0, "item_id": 1}) for k, user in enumerate(("{}x", "}y"))]
     c = w.apply([(VIEW, odd)])["tw_user"]
-    assert (c.rejected, c.applied) == ((2, 0) if store.cluster else (0, 2))
+    assert (c.rejected, c.applied) == (0, 2)
+    assert store.read(VIEW, ["{}x", "}y"], now=T0 + H).to_rows()[1]["tw_user:n_3h"] == 1
 
 
 def test_noscript_after_a_flush_is_recovered(store: OnlineStore) -> None:
