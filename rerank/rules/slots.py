@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from rerank.rules.base import Rule, RuleContext, RuleParams
-from rerank.types import Entry, ItemKind, Slate
+from rerank.types import ItemKind, Slate
 
 _KINDS = {"ad": ItemKind.AD, "boosted": ItemKind.BOOSTED}
 

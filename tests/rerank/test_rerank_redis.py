@@ -10,7 +10,7 @@ import pytest
 
 from cascade.config import RerankConfig
 from rerank.engine import RerankEngine, async_redis_client
-from rerank.impressions import DAY_MS, HOUR_MS, AsyncImpressionHistory, BloomBackend, ImpressionHistory, ZSetBackend
+from rerank.impressions import DAY_MS, HOUR_MS, AsyncImpressionHistory, ImpressionHistory
 from rerank.rules_config import load_rules
 from rerank.stores import BlockLists, ItemStateStore
 from rerank.types import Candidate, ItemKind, RerankInput
