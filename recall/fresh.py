@@ -108,8 +108,11 @@ class FreshIndex:
         now_ms = to_ms(now) if now is not None else int(time.time() * 1000)
         col = catalogue[published_column]
         if pa.types.is_timestamp(col.type):
-            col = col.cast(pa.timestamp("ms", tz=col.type.tz)).cast(pa.int64())
-        published = col.to_numpy(zero_copy_only=False).astype(np.int64)
+            per_ms = {"s": 1 / 1000, "ms": 1, "us": 1000, "ns": 1_000_000}[col.type.unit]
+            raw = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+            published = (raw * 1000 if per_ms < 1 else raw // int(per_ms)).astype(np.int64)
+        else:
+            published = col.to_numpy(zero_copy_only=False).astype(np.int64)
         items = catalogue["item_id"].to_numpy(zero_copy_only=False).astype(np.int64)
         lo, hi = now_ms - self.max_age_ms, now_ms + int(lookahead_hours * _HOUR_MS)
         sel = (published >= lo) & (published <= hi)

@@ -14,7 +14,8 @@
 2. **Run.** All channels start at once; each is awaited for at most its own
    budget (``channel_timeouts_ms``), capped by what is left of the request's
    deadline (:func:`serving.context.time_remaining` minus the safety margin).
-   A channel past its budget is TIMEOUT, one that raises (or returns
+   A channel past its budget is TIMEOUT (its call is left to finish in the
+   background, not cancelled: see :meth:`RecallMerger._abandon`), one that raises (or returns
    something that is not a :class:`ChannelResult`) is ERROR; either makes the
    result degraded and neither fails the call.
 3. **Filter.** Items in the request's exclude list and the user's recent
@@ -47,6 +48,7 @@ from recall.channel import Channel, ChannelResult, RecallQuery
 from serving.context import safety_margin, time_remaining
 
 DEFAULT_TIMEOUT_MS = 10.0
+MAX_ABANDONED = 32  # late calls per channel left to finish before further late calls are cancelled
 MAX_MESSAGE_BYTES = 1024
 
 
@@ -153,6 +155,7 @@ class RecallMerger:
         self.rrf_k = float(rrf_k)
         self.overfetch = float(overfetch)
         self.max_candidates = int(max_candidates)
+        self._abandoned: dict[str, set[asyncio.Future[Any]]] = {}
 
     @classmethod
     def from_config(cls, channels: Sequence[Channel], recall: Any, **overrides: Any) -> "RecallMerger":
@@ -218,6 +221,31 @@ class RecallMerger:
 
     # ------------------------------------------------------------------ running
 
+    def _abandon(self, name: str, task: asyncio.Future[Any]) -> None:
+        """A late channel call is left to finish on its own rather than cancelled.
+
+        Cancelling an asyncio Redis command mid-reply makes the client drop the
+        connection, so every timeout would cost the next request a reconnect;
+        letting the (bounded: socket timeouts) call complete keeps the pool warm.
+        Past ``MAX_ABANDONED`` unfinished calls per channel (a hung dependency),
+        late calls are cancelled instead so they cannot pile up.
+        """
+        pending = self._abandoned.setdefault(name, set())
+        if len(pending) >= MAX_ABANDONED:
+            task.cancel()
+        pending.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            pending.discard(t)
+            if not t.cancelled():
+                t.exception()  # retrieved: a late failure is not "never retrieved"
+
+        task.add_done_callback(done)
+
+    def abandoned(self) -> dict[str, int]:
+        """Late channel calls still running, per channel."""
+        return {n: len(p) for n, p in self._abandoned.items() if p}
+
     async def _run(self, ch: Channel, query: RecallQuery, outcome: ChannelOutcome) -> None:
         budget = self.timeouts_ms[outcome.name] / 1000.0
         remaining = time_remaining()
@@ -228,15 +256,20 @@ class RecallMerger:
             outcome.message = "no time left before the request deadline"
             return
         t0 = time.perf_counter()
+        task = asyncio.ensure_future(ch.recall(query, outcome.asked))
         try:
-            result = await asyncio.wait_for(ch.recall(query, outcome.asked), budget)
-        except asyncio.TimeoutError:
+            done, _ = await asyncio.wait((task,), timeout=budget)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
             outcome.status = ChannelStatus.TIMEOUT
             outcome.latency_ms = budget * 1000.0
             outcome.message = f"no answer within {budget * 1000.0:.1f} ms"
+            self._abandon(outcome.name, task)
             return
-        except asyncio.CancelledError:
-            raise
+        try:
+            result = task.result()
         except Exception as exc:  # noqa: BLE001 - a failing channel degrades the result, never fails the call
             outcome.status = ChannelStatus.ERROR
             outcome.latency_ms = (time.perf_counter() - t0) * 1000.0

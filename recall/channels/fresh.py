@@ -1,6 +1,6 @@
 """The fresh-item channel: the newest items published in the last ``fresh_max_age_hours``, so new content gets exposure.
 
-One transaction reads the newest k items published in ``[now - max_age, now]``
+One script call (packed replies, see :data:`recall.redis_io.RECENT_PACKED`) reads the newest k items published in ``[now - max_age, now]``
 globally and in each preferred category (as the popular channel chooses
 them). The score is the remaining freshness ``1 - age / max_age`` in [0, 1]
 times ``1 + boost * preference`` for items of a preferred category.
@@ -17,7 +17,7 @@ from recall.categories import ItemCategories, preferred_categories
 from recall.channel import ChannelResult, RecallQuery
 from recall.channels.item2item import top_k
 from recall.fresh import FreshKeys
-from recall.redis_io import AsyncRedis
+from recall.redis_io import RECENT_PACKED, AsyncRedis, unpack_pairs
 
 
 class FreshChannel:
@@ -34,6 +34,7 @@ class FreshChannel:
         self.category_features = tuple(category_features)
         self.max_categories = max_categories
         self.category_boost = category_boost
+        self._read = client.register_script(RECENT_PACKED)
 
     @classmethod
     def from_config(cls, client: AsyncRedis, config: object, namespace: str | None = None,
@@ -43,6 +44,10 @@ class FreshChannel:
                    categories=categories, category_features=rc.category_features,
                    max_categories=rc.preferred_categories, category_boost=rc.fresh_category_boost)
 
+    async def warm_up(self) -> None:
+        """Open a connection before the first request (called by the server's start)."""
+        await self.client.ping()
+
     async def recall(self, query: RecallQuery, k: int) -> ChannelResult:
         if k <= 0:
             return ChannelResult.empty()
@@ -50,28 +55,23 @@ class FreshChannel:
                                      categories=self.categories, limit=self.max_categories) if self.category_boost > 0 else {}
         now = int(query.now_ms)
         lo = now - self.max_age_ms
-        pipe = self.client.pipeline(transaction=True)
-        for key in [self.keys.glob, *[self.keys.cat(c) for c in prefs]]:
-            pipe.zrevrangebyscore(key, now, lo, start=0, num=k, withscores=True)
-        glob, *per_cat = await pipe.execute()
-        published: dict[int, float] = {}
-        boost: dict[int, float] = {}
-        for member, ts in glob:
-            published[int(member)] = ts
+        keys = [self.keys.glob, *[self.keys.cat(c) for c in prefs]]
+        glob, *per_cat = await self._read(keys=keys, args=[now, lo, k])
+        items = [unpack_pairs(glob)]
+        prefs_of = [np.zeros(items[0][0].size)]
         for pref, rows in zip(prefs.values(), per_cat):
-            for member, ts in rows:
-                item = int(member)
-                published[item] = ts
-                if pref > boost.get(item, 0.0):
-                    boost[item] = pref
-        if not published:
+            items.append(unpack_pairs(rows))
+            prefs_of.append(np.full(items[-1][0].size, pref))
+        all_items = np.concatenate([i for i, _ in items])
+        if all_items.size == 0:
             return ChannelResult.empty()
-        n = len(published)
-        items = np.fromiter(published.keys(), dtype=np.int64, count=n)
-        age = now - np.fromiter(published.values(), dtype=np.float64, count=n)
-        freshness = np.clip(1.0 - age / self.max_age_ms, 0.0, 1.0)
-        mult = 1.0 + self.category_boost * np.fromiter((boost.get(i, 0.0) for i in published), dtype=np.float64, count=n)
-        return top_k(items, freshness * mult, k)
+        uniq, inv = np.unique(all_items, return_inverse=True)
+        published = np.zeros(uniq.size)
+        published[inv] = np.concatenate([p for _, p in items])
+        best = np.zeros(uniq.size)
+        np.maximum.at(best, inv, np.concatenate(prefs_of))
+        freshness = np.clip(1.0 - (now - published) / self.max_age_ms, 0.0, 1.0)
+        return top_k(uniq, freshness * (1.0 + self.category_boost * best), k)
 
 
 __all__ = ["FreshChannel"]

@@ -81,6 +81,10 @@ class Item2ItemChannel:
         """The co-visitation version the last request read (None before the first, or when none is published)."""
         return self._version
 
+    async def warm_up(self) -> None:
+        """Open a connection and read the live version before the first request (called by the server's start)."""
+        self._version = decode_str(await self.client.get(self._pointer))
+
     def applicable(self, query: RecallQuery) -> bool:
         """No recent items, no seeds: the merge reports the channel SKIPPED."""
         return len(query.recent_items) > 0

@@ -1,6 +1,7 @@
 """The popular / trending channel: the highest decayed counts, globally and in the user's preferred categories.
 
-One transaction (the keys share a slot) reads the epoch ``t0``, the global
+One script call (the keys share a slot; entries come back packed, see
+:data:`recall.redis_io.TOP_PACKED`) reads the epoch ``t0``, the global
 top k and the top k of each preferred category (:func:`recall.categories.preferred_categories`:
 user features named in ``category_features``, else the categories of the
 recent items). An item's score is its decayed count as of the request
@@ -19,7 +20,7 @@ import numpy as np
 from recall.categories import ItemCategories, preferred_categories
 from recall.channel import ChannelResult, RecallQuery
 from recall.channels.item2item import top_k
-from recall.redis_io import AsyncRedis
+from recall.redis_io import TOP_PACKED, AsyncRedis, unpack_pairs
 from recall.trending import TrendingKeys
 
 
@@ -37,6 +38,7 @@ class PopularChannel:
         self.category_features = tuple(category_features)
         self.max_categories = max_categories
         self.category_boost = category_boost
+        self._read = client.register_script(TOP_PACKED)
 
     @classmethod
     def from_config(cls, client: AsyncRedis, config: object, namespace: str | None = None,
@@ -46,6 +48,10 @@ class PopularChannel:
                    categories=categories, category_features=rc.category_features,
                    max_categories=rc.preferred_categories, category_boost=rc.popular_category_boost)
 
+    async def warm_up(self) -> None:
+        """Open a connection before the first request (called by the server's start)."""
+        await self.client.ping()
+
     def preferences(self, query: RecallQuery) -> dict[str, float]:
         return preferred_categories(query.user_features, query.recent_items, category_features=self.category_features,
                                     categories=self.categories, limit=self.max_categories)
@@ -54,35 +60,32 @@ class PopularChannel:
         if k <= 0:
             return ChannelResult.empty()
         prefs = self.preferences(query) if self.category_boost > 0 else {}
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hget(self.keys.meta, "t0")
-        pipe.zrevrange(self.keys.glob, 0, k - 1, withscores=True)
-        for c in prefs:
-            pipe.zrevrange(self.keys.cat(c), 0, k - 1, withscores=True)
-        t0, glob, *per_cat = await pipe.execute()
-        if t0 is None:
+        keys = [self.keys.meta, self.keys.glob, *[self.keys.cat(c) for c in prefs]]
+        t0, glob, *per_cat = await self._read(keys=keys, args=["t0", k])
+        if not t0:
             return ChannelResult.empty()
         factor = math.exp(-(query.now_ms - int(t0)) / self.tau_ms)
-        return self.combine(glob, list(zip(prefs.values(), per_cat)), factor, k)
+        return self.combine(unpack_pairs(glob), [(p, unpack_pairs(b)) for p, b in zip(prefs.values(), per_cat)], factor, k)
 
-    def combine(self, glob: list[tuple[bytes, float]], per_cat: list[tuple[float, list[tuple[bytes, float]]]],
+    def combine(self, glob: tuple[np.ndarray, np.ndarray], per_cat: list[tuple[float, tuple[np.ndarray, np.ndarray]]],
                 factor: float, k: int) -> ChannelResult:
-        counts: dict[int, float] = {}
-        boost: dict[int, float] = {}
-        for member, score in glob:
-            counts[int(member)] = score
-        for pref, rows in per_cat:
-            for member, score in rows:
-                item = int(member)
-                counts[item] = score
-                if pref > boost.get(item, 0.0):
-                    boost[item] = pref
-        if not counts:
+        """Union of the global and per-category lists; count x factor x (1 + boost x best preference)."""
+        items = [glob[0]]
+        counts = [glob[1]]
+        prefs = [np.zeros(glob[0].size)]
+        for pref, (its, sc) in per_cat:
+            items.append(its)
+            counts.append(sc)
+            prefs.append(np.full(its.size, pref))
+        all_items = np.concatenate(items)
+        if all_items.size == 0:
             return ChannelResult.empty()
-        items = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        base = np.fromiter(counts.values(), dtype=np.float64, count=len(counts)) * factor
-        mult = 1.0 + self.category_boost * np.fromiter((boost.get(i, 0.0) for i in counts), dtype=np.float64, count=len(counts))
-        return top_k(items, base * mult, k)
+        uniq, inv = np.unique(all_items, return_inverse=True)
+        count = np.zeros(uniq.size)
+        count[inv] = np.concatenate(counts)  # the same item has the same count in every set
+        best = np.zeros(uniq.size)
+        np.maximum.at(best, inv, np.concatenate(prefs))
+        return top_k(uniq, count * factor * (1.0 + self.category_boost * best), k)
 
 
 __all__ = ["PopularChannel"]
