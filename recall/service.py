@@ -378,12 +378,8 @@ async def _serve(config: Any, redis_url: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(argv: Sequence[str] | None = None) -> int:
-    """``cascade recall serve``: run the RecallService until SIGINT/SIGTERM."""
-    from cascade.config import get_config
-    from serving import configure_logging
-
-    parser = argparse.ArgumentParser(prog="cascade recall serve", description="Serve multi-channel recall over gRPC (cascade.v1.RecallService).")
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cascade recall serve`` (shared by :func:`serve` and ``recall.jobs``)."""
     parser.add_argument("--port", type=int, default=None, help="port (default: config ports.recall; 0 = any free port)")
     parser.add_argument("--redis-url", default=None, help="Redis (default: config redis.url / REDIS_URL; none starts an embedded valkey)")
     parser.add_argument("--namespace", default=None, help="key namespace of the recall tables (default: config features.project)")
@@ -392,11 +388,12 @@ def serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embedding", default=None, metavar="NAME", help="also serve the embedding channel on artifact set NAME")
     parser.add_argument("--watch-s", type=float, default=5.0, help="how often the embedding channel looks for a new index version")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: config ports.metrics)")
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    config = get_config()
+
+
+def serve_with(args: argparse.Namespace, config: Any) -> int:
+    """Run the RecallService for parsed `args` until SIGINT/SIGTERM (starts an embedded valkey without a Redis URL)."""
+    from serving import configure_logging
+
     redis_url = args.redis_url or config.redis.url
     stack = None
     try:
@@ -418,4 +415,18 @@ def serve(argv: Sequence[str] | None = None) -> int:
             stack.stop()
 
 
-__all__ = ["RecallServer", "RecallServicer", "SERVICE_NAME", "build_recall_server", "default_channels", "serve", "user_key"]
+def serve(argv: Sequence[str] | None = None) -> int:
+    """``cascade recall serve``: run the RecallService until SIGINT/SIGTERM."""
+    from cascade.config import get_config
+
+    parser = argparse.ArgumentParser(prog="cascade recall serve", description="Serve multi-channel recall over gRPC (cascade.v1.RecallService).")
+    add_serve_arguments(parser)
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return serve_with(args, get_config())
+
+
+__all__ = ["RecallServer", "RecallServicer", "SERVICE_NAME", "add_serve_arguments", "build_recall_server", "default_channels",
+           "register_recall_service", "serve", "serve_with", "user_key"]
