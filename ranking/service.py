@@ -31,9 +31,9 @@ One Rank call
    deadline passes or the scores are not finite, the response carries fallback
    scores (a fallback model, popularity, or the request order) and is marked
    degraded with a :class:`DegradedReason` saying why -- never an error.
-   Values defaulted because an entity row is absent or stale (NOT_FOUND,
-   OUTSIDE_MAX_AGE; empty windows are normal, not degradation) add a
-   FEATURES_MISSING reason.
+   Values defaulted because an entity row of a plain feature view is absent or
+   stale (NOT_FOUND, OUTSIDE_MAX_AGE) add a FEATURES_MISSING reason; a window
+   aggregation without state is the empty window's value, not degradation.
 6. Optionally log the served feature vectors (``log_features``): handed to the
    :class:`~featurestore.served_log.ServedFeatureLogger` queue (never blocks);
    ``served_feature_id`` names the record.
@@ -63,18 +63,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 import numpy as np
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from featurestore.client import FeatureRequestError, InvalidEntityKey, InvalidRequestContext
 from featurestore.online import FeatureStatus
 from proto.cascade.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
-from ranking.batcher import BatcherClosed, DeadlineExceeded, ModelError, QueueFull
+from ranking.batcher import DELAY_BUCKETS, BatcherClosed, DeadlineExceeded, ModelError, QueueFull
 from ranking.fallback import Fallback, request_order_scores
 from ranking.live import LoadedModel, ModelManager, ModelSlot, VersionNotLoaded, default_loader
 from ranking.registry import (
@@ -108,6 +107,9 @@ RANK_RESPONSES = Counter("cascade_ranking_responses_total", "Rank responses by w
                          ["model", "scored_by"])
 DEGRADATIONS = Counter("cascade_ranking_degraded_total", "Degraded reasons attached to Rank responses.",
                        ["model", "stage", "code"])
+STAGE_SECONDS = Histogram("cascade_ranking_stage_seconds",
+                          "Rank stages outside the batcher: the batched feature read and the encoding (worker thread).",
+                          ["model", "stage"], buckets=DELAY_BUCKETS)
 
 
 def _stage_name(stage: int) -> str:
@@ -155,6 +157,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.logger = logger
         self.max_items = max_items
         self._keys: dict[str, tuple[bool, bool]] = {}  # feature set -> (needs user_id, needs item_id)
+        self._row_cols: dict[Any, np.ndarray] = {}
 
     # -- validation
 
@@ -215,6 +218,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
 
     def _read_and_encode(self, model: LoadedModel, user_id: str, items: list[str], context: dict[str, Any]) -> _Prepared:
         """Worker thread: one batched feature read for all candidates, then the model's encoding."""
+        t0 = time.perf_counter()
         try:
             keys = self._key_columns(model.feature_set, user_id, items)
             features = self.client.get_online_features(None, keys, model.feature_set, context)
@@ -222,10 +226,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             return _Prepared(invalid=ValidationError("context" if isinstance(exc, InvalidRequestContext) else "item_ids", str(exc)))
         except Exception as exc:  # noqa: BLE001 - the store being down degrades, it does not fail the call
             return _Prepared(feature_error=exc)
+        t1 = time.perf_counter()
+        STAGE_SECONDS.labels(model.name, "features").observe(t1 - t0)
         try:
-            return _Prepared(features, model.encode(features))
+            encoded = model.encode(features)
         except Exception as exc:  # noqa: BLE001
             return _Prepared(features, encode_error=exc)
+        STAGE_SECONDS.labels(model.name, "encode").observe(time.perf_counter() - t1)
+        return _Prepared(features, encoded)
 
     # -- the call
 
@@ -342,12 +350,28 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             return None, (common_pb2.DEGRADATION_CODE_ERROR, "model returned non-finite scores")
         return np.clip(raw.astype(np.float64), 0.0, 1.0), None
 
-    @staticmethod
-    def _missing_reason(features: Any) -> common_pb2.DegradedReason | None:
+    def _row_columns(self, features: Any) -> np.ndarray:
+        """Columns of plain (row) feature views: only there is NOT_FOUND / OUTSIDE_MAX_AGE a substituted default.
+
+        A window aggregation with no state for the entity is the empty window's
+        value (a count of 0), the right answer rather than a stand-in.
+        """
+        key = (features.feature_set, tuple(features.views))
+        hit = self._row_cols.get(key)
+        if hit is None:
+            from featurestore.definitions import FeatureView, WindowedFeatureView
+
+            kinds = {name: self.client.repo.view(name) for name in set(features.views)}
+            hit = self._row_cols[key] = np.array(
+                [isinstance(kinds[v], FeatureView) and not isinstance(kinds[v], WindowedFeatureView) for v in features.views],
+                dtype=bool)
+        return hit
+
+    def _missing_reason(self, features: Any) -> common_pb2.DegradedReason | None:
         status = features.status
         if status.size == 0:
             return None
-        mask = (status == _MISSING_STATUSES[0]) | (status == _MISSING_STATUSES[1])
+        mask = ((status == _MISSING_STATUSES[0]) | (status == _MISSING_STATUSES[1])) & self._row_columns(features)
         if not mask.any():
             return None
         cols = np.flatnonzero(mask.any(axis=0))
@@ -416,9 +440,6 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
 
 
 # ============================================================================ admin
-
-
-_STATUS = ranking_pb2
 
 
 class ModelAdminServicer(ranking_pb2_grpc.ModelAdminServiceServicer):

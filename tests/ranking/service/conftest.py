@@ -80,8 +80,9 @@ def run_ranking(rank_env: SimpleNamespace) -> Callable[..., Any]:
 
     def run(scenario: Scenario, *, cfg: Config | None = None, **kw: Any) -> Any:
         async def main() -> Any:
+            kw.setdefault("loader", rank_env.loader)  # loader=None: the real one (ranking.artifact.load_scorer)
             server = build_ranking_server(cfg or rank_env.cfg, None, feature_client=rank_env.client,
-                                          registry=rank_env.registry, loader=rank_env.loader, port=0, **kw)
+                                          registry=rank_env.registry, port=0, **kw)
             await server.start()
             try:
                 async with grpc.aio.insecure_channel(server.address) as channel:

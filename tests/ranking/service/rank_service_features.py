@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from featurestore.definitions import Entity, Feature, FeatureSet, FeatureView, ParquetSource, RequestFeatureView, ValueType
+from featurestore.definitions import (
+    Aggregation,
+    AggregationFunction,
+    Entity,
+    Feature,
+    FeatureSet,
+    FeatureView,
+    ParquetSource,
+    RequestFeatureView,
+    ValueType,
+    WindowedFeatureView,
+)
 
 user = Entity("user", join_keys=("user_id",))
 item = Entity("item", join_keys=("item_id",))
@@ -34,4 +45,13 @@ def _hour(ctx: Any) -> dict[str, Any]:
 
 rs_request = RequestFeatureView("rs_request", inputs=("event_ts",), features=(Feature("hour", ValueType.INT64),), function=_hour)
 
-rs_ranker = FeatureSet("rs_ranker", features=("rs_user:*", "rs_item:*", "rs_request:*"))
+# No test writes window state: every entity reads as an empty window (count 0), which is not degradation.
+rs_clicks = WindowedFeatureView(
+    "rs_clicks",
+    entities=(item,),
+    source=ParquetSource("rs_clicks.parquet"),
+    aggregations=(Aggregation(AggregationFunction.COUNT, (timedelta(days=1),), name="click_count"),),
+    tile=timedelta(hours=1),
+)
+
+rs_ranker = FeatureSet("rs_ranker", features=("rs_user:*", "rs_item:*", "rs_clicks:*", "rs_request:*"))
