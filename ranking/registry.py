@@ -680,6 +680,77 @@ class ModelRegistry:
         return [r.version for r in removable]
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``cascade rank models ...``: publish, list, pin, roll back and split without a running server.
+
+    Replicas pick the change up within ``ranking.registry_poll_ms``.
+    """
+    import argparse
+    import sys
+
+    from cascade.config import get_config
+
+    parser = argparse.ArgumentParser(prog="cascade rank models", description="The model registry.")
+    parser.add_argument("--model", default=None, help="model name (default: config ranking.model)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("publish", help="verify an artifact and register it")
+    p.add_argument("artifact")
+    p.add_argument("--promote", action="store_true", help="make it live (unless auto-promotion is suspended)")
+    sub.add_parser("list", help="versions, newest first, and the live one")
+    p = sub.add_parser("pin", help="make a version live")
+    p.add_argument("version")
+    p.add_argument("--suspend-auto-promotion", action="store_true")
+    p.add_argument("--reason", default="")
+    p = sub.add_parser("rollback", help="make the previous live version live again")
+    p.add_argument("--reason", default="")
+    p = sub.add_parser("split", help="start or change a traffic split (or --clear it)")
+    p.add_argument("experiment", nargs="?")
+    p.add_argument("treatment_version", nargs="?")
+    p.add_argument("fraction", nargs="?", type=float)
+    p.add_argument("--control", default="", help="control version (default: the live one)")
+    p.add_argument("--clear", action="store_true")
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    reg = ModelRegistry.from_config(get_config())
+    name = args.model
+    try:
+        if args.command == "publish":
+            version = reg.publish(args.artifact, auto_promote=args.promote)
+            live = reg.live(name)
+            print(json.dumps({"version": version, "live": live.version if live else None}))
+        elif args.command == "list":
+            state = reg.state(name)
+            for r in state.ordered():
+                mark = "*" if r.version == state.live else " "
+                print(f"{mark} {r.version}  {r.kind:7s} {r.status:10s} {r.feature_set}  {json.dumps(dict(r.metrics))}"
+                      + (f"  ({r.status_message})" if r.status_message else ""))
+            if state.traffic_split:
+                print(f"split: {json.dumps(state.traffic_split.to_json())}")
+        elif args.command == "pin":
+            live, prev = reg.pin(args.version, name, suspend_auto_promotion=args.suspend_auto_promotion or None,
+                                 reason=args.reason)
+            print(json.dumps({"live": live.version, "previous": prev.version if prev else None}))
+        elif args.command == "rollback":
+            live, prev = reg.rollback(name, reason=args.reason)
+            print(json.dumps({"live": live.version, "rolled_back_from": prev.version}))
+        else:
+            if args.clear:
+                reg.set_traffic_split(None, name)
+                print(json.dumps({"split": None}))
+            else:
+                if args.experiment is None or args.treatment_version is None or args.fraction is None:
+                    parser.error("split needs EXPERIMENT TREATMENT_VERSION FRACTION (or --clear)")
+                got = reg.set_traffic_split(TrafficSplit(args.experiment, args.treatment_version, args.fraction,
+                                                         args.control), name)
+                print(json.dumps({"split": got.to_json() if got else None}))
+    except (RegistryError, InvalidSplit) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def default_version(manifest: Mapping[str, Any]) -> str:
     """A version id for an artifact without one: UTC time and a digest of its file hashes."""
     files = manifest.get("files") or {}
@@ -703,6 +774,7 @@ __all__ = [
     "UnknownVersion",
     "VersionRecord",
     "default_version",
+    "main",
     "read_manifest",
     "verify",
     "write_json_atomic",

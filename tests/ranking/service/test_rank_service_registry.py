@@ -210,3 +210,38 @@ def test_an_artifact_already_in_place_is_registered_where_it_is(reg: ModelRegist
     assert reg.publish(in_place, auto_promote=True) == "v7"
     assert reg.live().version == "v7" and (in_place / "model.pt").is_file()
     assert reg.publish(in_place) == "v7"
+
+
+def test_the_models_command(tmp_path: Path, fp: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                            repo: FeatureRepo) -> None:
+    from cascade import config as config_mod
+    from ranking import registry as registry_mod
+
+    cfg = config_mod.get_config()
+    cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"artifacts_dir": tmp_path / "artifacts"}),
+                                 "ranking": cfg.ranking.model_copy(update={"model": NAME})})
+    monkeypatch.setattr(config_mod, "get_config", lambda: cfg)
+    real_init = registry_mod.ModelRegistry.__init__
+
+    def with_test_repo(self, root, **kw):  # the test definitions instead of config/features.py
+        kw["repo"] = repo
+        real_init(self, root, **kw)
+
+    monkeypatch.setattr(registry_mod.ModelRegistry, "__init__", with_test_repo)
+    main = registry_mod.main
+    assert main(["publish", str(art(tmp_path, "v1", fp)), "--promote"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"version": "v1", "live": "v1"}
+    assert main(["publish", str(art(tmp_path, "v2", fp, seed=2))]) == 0
+    capsys.readouterr()
+    assert main(["pin", "v2", "--reason", "cli"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"live": "v2", "previous": "v1"}
+    assert main(["split", "exp_cli", "v1", "0.1"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"]["treatment_version"] == "v1"
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "* v2" in listing and "  v1" in listing and "split:" in listing
+    assert main(["rollback"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"live": "v1", "rolled_back_from": "v2"}
+    assert main(["rollback"]) == 1
+    assert "no previous live" in capsys.readouterr().err
+    assert main(["split", "--clear"]) == 0
