@@ -140,6 +140,11 @@ class ItemIndex:
         self.max_norm = float(max_norm)
         self.info = info or BuildInfo()
         self._lifted = params.kind == "hnsw" and params.metric == "ip"
+        self._exact: faiss.Index | None = None  # same vectors and metric, searched exhaustively
+        if params.kind == "hnsw":
+            self._exact = faiss.downcast_index(faiss.downcast_index(index).storage)
+        elif isinstance(index, faiss.IndexRefine):
+            self._exact = faiss.downcast_index(index.refine_index)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -231,16 +236,19 @@ class ItemIndex:
             return np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32)
         if self.params.metric == "cosine":
             q = _normalise(q)
+        # Asked for (nearly) everything: scan the stored vectors exactly; a graph walk or a probe of some
+        # lists would return fewer than the whole catalogue.
+        index = self._exact if k >= len(self) and self._exact is not None else self._index
         if self._lifted:
             qx = np.zeros((q.shape[0], self.dim + 1), dtype=np.float32)
             qx[:, : self.dim] = q
-            dist, rows = self._index.search(qx, k)
+            dist, rows = index.search(qx, k)
             scores = (np.einsum("ij,ij->i", q, q)[:, None] + self.max_norm**2 - dist) * 0.5
         elif self.params.kind == "hnsw":  # cosine: L2 on unit vectors
-            dist, rows = self._index.search(q, k)
+            dist, rows = index.search(q, k)
             scores = 1.0 - dist * 0.5
         else:
-            scores, rows = self._index.search(q, k)
+            scores, rows = index.search(q, k)
         found = rows >= 0
         ids = np.where(found, self.ids[np.where(found, rows, 0)], -1)
         scores = np.where(found, scores, -np.inf).astype(np.float32)

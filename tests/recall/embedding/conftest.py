@@ -15,8 +15,9 @@ from featurestore.repository import FeatureRepo, get_repo
 from recall.embedding.query import QueryEncoder
 from recall.embedding.spec import DATASETS
 
-SPEC = SyntheticSpec(n_users=400, n_items=300, n_events=20_000, n_categories=6, days=30, seed=7, chunk_events=20_000)
-TRAIN = dict(epochs=5, batch_size=512, negatives=256, lr=5e-3, max_eval_events=600, max_eval_users=300)
+SPEC = SyntheticSpec(n_users=400, n_items=300, n_events=20_000, n_categories=6, days=30, seed=7, chunk_events=20_000,
+                     affinity_scale=6.0, taste_share=0.5)  # tastes matter more than the default: a clear signal to learn
+TRAIN = dict(epochs=5, batch_size=512, negatives=256, lr=5e-3, eval_k=20, max_eval_events=600, max_eval_users=300)
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +40,16 @@ def syn_store(syn_root: Path) -> Iterator[OfflineStore]:
 
 
 @pytest.fixture(scope="session")
+def train_kwargs() -> dict[str, Any]:
+    """Training parameters sized for tests (a few seconds on 2 busy cores)."""
+    return dict(TRAIN)
+
+
+@pytest.fixture(scope="session")
 def trained(syn_store: OfflineStore, recall_repo: FeatureRepo, config: Any) -> Any:
     from recall.embedding.train import train_embeddings
 
-    return train_embeddings("synthetic", config=config, store=syn_store, repo=recall_repo, progress=False, **TRAIN)
+    return train_embeddings("synthetic", config=config, store=syn_store, repo=recall_repo, progress=False, threads=1, **TRAIN)
 
 
 @pytest.fixture(scope="session")
