@@ -375,7 +375,8 @@ LAST_SUFFIX = "_last_n"  # f"{column}_last_n": list of up to n most recent non-n
 LAST_TS_SUFFIX = "_last_n_ts"  # their timestamps (list<timestamp>)
 
 _LAST_TYPES = (ValueType.INT64_LIST, ValueType.FLOAT_LIST, ValueType.STRING_LIST)
-_VAR_HEAD = struct.Struct("<qI")  # string last-n entry: ts micros, value length, then the bytes
+_VAR_HEAD = struct.Struct("<qI")
+_I32 = struct.Struct("<i")  # string last-n entry: ts micros, value length, then the bytes
 
 
 @dataclass(frozen=True)
@@ -472,8 +473,6 @@ class TileCodec:
         self.slot_dtype = np.dtype(fields)
         self.slot_size = self.slot_dtype.itemsize
         self.suffixes = (":s", *(r.suffix for r in self.rings), *(lst.suffix for lst in self.lists))
-        # values packed per streamed event: per summed column a null flag byte and the value
-        self.sums_struct = struct.Struct("<" + "Bd" * len(sums))
         self._entry_np = tuple(np.dtype([("ts", "<i8"), ("v", "<i8" if lst.dtype is ValueType.INT64_LIST else "<f8")])
                                if lst.entry_size else None for lst in self.lists)
 
@@ -486,34 +485,47 @@ class TileCodec:
             out += [lst.keep, lst.span_us, lst.entry_size]
         return out
 
-    def event_encoder(self) -> Any:
-        """A function (ts micros, {column: value}) -> the script arguments of one event after its offset:
-        ts, the summed values (per column a null flag and '<d'), one argument per last-n column."""
+    def event_packer(self) -> Any:
+        """A function (offset, ts micros, {column: value}) -> one event packed as the window script reads it
+        (`featurestore.online.scripts.ADD_EVENTS`): offset and ts '<i8', per summed column a null flag and
+        '<d', per last-n column a null flag and 8 value bytes, or '<i4' length (-1: null) and utf-8 bytes."""
+        fmt = "<qq" + "Bd" * len(self.sum_columns)
+        fixed_lists = all(lst.entry_size for lst in self.lists)
+        if fixed_lists:
+            fmt += "".join("Bq" if lst.dtype is ValueType.INT64_LIST else "Bd" for lst in self.lists)
+        pack = struct.Struct(fmt).pack
         sums = self.sum_columns
-        pack = self.sums_struct.pack
-        lasts = tuple((li, c, b"\1" if not self.lists[li].entry_size else b"") for li, c in enumerate(self.last_columns))
-        elem = self.elem_bytes
-        empty = pack() if not sums else None
-
-        def encode(ts_us: int, values: Mapping[str, Any]) -> list[Any]:
-            if sums:
-                flat: list[Any] = []
+        lasts = tuple((lst.column, lst.dtype) for lst in self.lists)
+        if fixed_lists:
+            def packer(offset: int, ts_us: int, values: Mapping[str, Any]) -> bytes:
+                flat: list[Any] = [offset, ts_us]
                 for c in sums:
                     v = values.get(c)
-                    if v is None:
-                        flat += (0, 0.0)
-                    else:
-                        flat += (1, float(v))
-                blob = pack(*flat)
-            else:
-                blob = empty
-            out = [ts_us, blob]
-            for li, c, mark in lasts:  # a string value is marked, so "" is not null
-                v = values.get(c)
-                out.append(b"" if v is None else mark + elem(li, v))
-            return out
+                    flat += (0, 0.0) if v is None else (1, float(v))
+                for c, t in lasts:
+                    v = values.get(c)
+                    flat += (0, 0) if v is None else (1, int(v) if t is ValueType.INT64_LIST else float(v))
+                return pack(*flat)
+            return packer
 
-        return encode
+        elem = self.elem_bytes
+
+        def packer_var(offset: int, ts_us: int, values: Mapping[str, Any]) -> bytes:
+            flat: list[Any] = [offset, ts_us]
+            for c in sums:
+                v = values.get(c)
+                flat += (0, 0.0) if v is None else (1, float(v))
+            parts = [pack(*flat)]
+            for li, (c, t) in enumerate(lasts):
+                v = values.get(c)
+                if t is ValueType.STRING_LIST:
+                    b = None if v is None else elem(li, v)
+                    parts.append(b"\xff\xff\xff\xff" if b is None else _I32.pack(len(b)) + b)
+                else:
+                    parts.append(b"\0" + bytes(8) if v is None else b"\1" + elem(li, v))
+            return b"".join(parts)
+
+        return packer_var
 
     def ring_bytes(self, i: int) -> int:
         return self.rings[i].slots * self.slot_size
@@ -646,7 +658,9 @@ class TileCodec:
 
     # -- decoding
     def decode_ring(self, i: int, raw: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
-        """(present bool (N,), slots (N, slots)) of ring `i` for N entities (absent: all-empty slots)."""
+        """(present bool (N,), the rings as int64 (N, slots, slot words)) of ring `i` for N entities (absent:
+        empty slots). Word 0 is tile_start, 1 count, then per summed column the sum (``.view(np.float64)``)
+        and the non-null count."""
         size = self.ring_bytes(i)
         try:
             buf = b"".join(raw)
@@ -657,7 +671,7 @@ class TileCodec:
             buf = b"".join([v if v is not None else zero for v in raw])
         if len(buf) != size * len(raw):
             raise ValueError("stored ring of unexpected size: layout version mismatch")
-        return present, np.frombuffer(buf, dtype=self.slot_dtype).reshape(len(raw), self.rings[i].slots)
+        return present, np.frombuffer(buf, dtype="<i8").reshape(len(raw), self.rings[i].slots, self.slot_size // 8)
 
     def decode_lists(self, li: int, raw: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(present (N,), offsets (N+1,) into the entries, entry ts (E,), entry values (E,) or list of str)."""

@@ -78,115 +78,141 @@ local function trim_list(ts, ents, kp, sp)
 end
 """
 
-# KEYS, layout: as above. ARGV[1]: offsets field ('' = no exactly-once guard); ARGV[2]: batch-through known to
-# the caller ('' = none; the larger of it and the state's "bt" applies); ARGV[3..]: layout; then per event, in
-# increasing offset order: offset, ts micros, summed values (per column: flag byte 1/0 = value/null, '<d'),
-# m last-n values ('' = null, else the element bytes; strings after a 1 byte mark, so '' is a value).
-# An event at or below the field's applied offset is a duplicate: skipped. An event before the batch-through
-# is the batch's: skipped ("covered"). Any other event is added to the one slot of its tile in every ring
-# (a slot holding an older tile is reset first; a slot holding a newer tile means the event is too old for
-# that ring: dropped there, and the event counts as "late"), and inserted in every last-n list (after
+# KEYS: the keys (as above) of one or more entities, one group after the other. ARGV[1]: batch-through known to
+# the caller ('' = none; per entity the larger of it and the state's "bt" applies); ARGV[2..]: layout; then per
+# entity: its offsets field ('' = no exactly-once guard) and its events packed back to back, in increasing
+# offset order (`TileCodec.event_packer`): '<i8' offset, '<i8' ts micros, per summed column a flag byte
+# (1 = value, 0 = null) and '<d', per last-n column a flag byte and 8 value bytes (INT64/FLOAT lists) or
+# '<i4' length (-1 = null) and the utf-8 bytes (strings).
+# Per entity: an event at or below the field's applied offset is a duplicate: skipped. An event before the
+# batch-through is the batch's: skipped ("covered"). Any other event is added to the one slot of its tile in
+# every ring (a slot holding an older tile is reset first; a slot holding a newer tile means the event is too
+# old for that ring: dropped there, and the event counts as "late"), and inserted in every last-n list (after
 # entries of equal time), trimmed. Only touched slots are read (GETRANGE) and written (SETRANGE): O(1) per
 # event, whatever the ring size. Returns {applied, late, duplicates, covered, oldest applied ts or -1}.
 ADD_EVENTS = r"""
-local field = ARGV[1]
-local bt_arg = tonumber(ARGV[2])
-local a = 3
+local bt_arg = tonumber(ARGV[1])
+local a = 2
 """ + _CONFIG + r"""
-local top, bt, sf
-if field ~= '' then
-  local r = redis.call('HMGET', KEYS[1], field, 'bt', 'sf')
-  top, bt, sf = tonumber(r[1]) or -1, tonumber(r[2]), tonumber(r[3])
-else
-  local r = redis.call('HMGET', KEYS[1], 'bt', 'sf')
-  top, bt, sf = -1, tonumber(r[1]), tonumber(r[2])
-end
-if bt_arg and (not bt or bt_arg > bt) then bt = bt_arg end
-local cache, dirty, short = {}, {}, {}
-for i = 1, k do cache[i] = {}; dirty[i] = {} end
-local lts, lents, ldirty = {}, {}, {}
+local g = 1 + k + m
 local applied, late, dup, covered = 0, 0, 0, 0
-local newtop, oldest = top, nil
-local stride = 3 + m
+local oldest = nil
+local e = 0
 local nargs = #ARGV
+local unpack8 = struct.unpack
 while a <= nargs do
-  local off, ts, vals = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
-  if field ~= '' and off <= top then
-    dup = dup + 1
-  elseif bt and ts < bt then
-    covered = covered + 1
-    if off > newtop then newtop = off end
+  local field, blob = ARGV[a], ARGV[a + 1]
+  a = a + 2
+  local base = e * g
+  e = e + 1
+  local state = KEYS[base + 1]
+  local top, bt, sf
+  if field ~= '' then
+    local r = redis.call('HMGET', state, field, 'bt', 'sf')
+    top, bt, sf = tonumber(r[1]) or -1, tonumber(r[2]), tonumber(r[3])
   else
-    local is_late = false
-    for i = 1, k do
-      local h = hop[i]
-      local t0 = ts - ts % h
-      local s = (t0 / h) % slots[i]
-      local cur = cache[i][s]
-      if cur == nil then
-        local pos = s * slot_size
-        cur = redis.call('GETRANGE', KEYS[1 + i], pos, pos + slot_size - 1)
-        if #cur < slot_size then short[i] = true; cur = '' end
-        cache[i][s] = cur
-      end
-      local told = 0
-      if cur ~= '' then told = struct.unpack('<i8', cur) end
-      if told > t0 then
-        is_late = true
-      else
-        local count = 1
-        local same = cur ~= '' and told == t0
-        if same then count = struct.unpack('<i8', cur, 9) + 1 end
-        local parts = {struct.pack('<i8i8', t0, count)}
-        for c = 1, nsum do
-          local flag, v = struct.unpack('<Bd', vals, (c - 1) * 9 + 1)
-          local sum, nn = 0.0, 0
-          if same then sum, nn = struct.unpack('<di8', cur, 17 + (c - 1) * 16) end
-          if flag == 1 then sum = sum + v; nn = nn + 1 end
-          parts[c + 1] = struct.pack('<di8', sum, nn)
-        end
-        cache[i][s] = table.concat(parts)
-        dirty[i][s] = true
-      end
-    end
+    local r = redis.call('HMGET', state, 'bt', 'sf')
+    top, bt, sf = -1, tonumber(r[1]), tonumber(r[2])
+  end
+  if bt_arg and (not bt or bt_arg > bt) then bt = bt_arg end
+  local cache, dirty, short = {}, {}, {}
+  for i = 1, k do cache[i] = {}; dirty[i] = {} end
+  local lts, lents, ldirty = {}, {}, {}
+  local newtop, eold = top, nil
+  local p = 1
+  local nb = #blob
+  while p <= nb do
+    local off, ts = unpack8('<i8i8', blob, p)
+    local vpos = p + 16
+    p = vpos + 9 * nsum
+    local lv = {}
     for j = 1, m do
-      local v = ARGV[a + 2 + j]
-      if v ~= '' then
-        if lts[j] == nil then
-          lts[j], lents[j] = parse_list(redis.call('GET', KEYS[1 + k + j]) or '', esize[j])
-        end
-        local tsj, entj = lts[j], lents[j]
-        local entry
-        if esize[j] > 0 then entry = struct.pack('<i8', ts) .. v
-        else v = string.sub(v, 2); entry = struct.pack('<i8I4', ts, #v) .. v end
-        local p = #tsj
-        while p > 0 and tsj[p] > ts do p = p - 1 end
-        table.insert(tsj, p + 1, ts)
-        table.insert(entj, p + 1, entry)
-        ldirty[j] = true
+      if esize[j] > 0 then
+        if string.byte(blob, p) == 1 then lv[j] = string.sub(blob, p + 1, p + 8) else lv[j] = false end
+        p = p + 9
+      else
+        local n = unpack8('<i4', blob, p)
+        if n >= 0 then lv[j] = string.sub(blob, p + 4, p + 3 + n); p = p + 4 + n else lv[j] = false; p = p + 4 end
       end
     end
-    if is_late then late = late + 1 else applied = applied + 1 end
-    if off > newtop then newtop = off end
-    if oldest == nil or ts < oldest then oldest = ts end
-  end
-  a = a + stride
-end
-for i = 1, k do
-  local key = KEYS[1 + i]
-  if next(dirty[i]) ~= nil then
-    if short[i] then
-      local full = slots[i] * slot_size
-      if redis.call('STRLEN', key) < full then redis.call('SETRANGE', key, full - 1, '\0') end
+    if field ~= '' and off <= top then
+      dup = dup + 1
+    elseif bt and ts < bt then
+      covered = covered + 1
+      if off > newtop then newtop = off end
+    else
+      local is_late = false
+      for i = 1, k do
+        local h = hop[i]
+        local t0 = ts - ts % h
+        local sl = (t0 / h) % slots[i]
+        local cur = cache[i][sl]
+        if cur == nil then
+          local pos = sl * slot_size
+          cur = redis.call('GETRANGE', KEYS[base + 1 + i], pos, pos + slot_size - 1)
+          if #cur < slot_size then short[i] = true; cur = '' end
+          cache[i][sl] = cur
+        end
+        local told = 0
+        if cur ~= '' then told = unpack8('<i8', cur) end
+        if told > t0 then
+          is_late = true
+        else
+          local count = 1
+          local same = cur ~= '' and told == t0
+          if same then count = unpack8('<i8', cur, 9) + 1 end
+          local parts = {struct.pack('<i8i8', t0, count)}
+          for c = 1, nsum do
+            local flag, v = unpack8('<Bd', blob, vpos + (c - 1) * 9)
+            local sum, nn = 0.0, 0
+            if same then sum, nn = unpack8('<di8', cur, 17 + (c - 1) * 16) end
+            if flag == 1 then sum = sum + v; nn = nn + 1 end
+            parts[c + 1] = struct.pack('<di8', sum, nn)
+          end
+          cache[i][sl] = table.concat(parts)
+          dirty[i][sl] = true
+        end
+      end
+      for j = 1, m do
+        local v = lv[j]
+        if v then
+          if lts[j] == nil then
+            lts[j], lents[j] = parse_list(redis.call('GET', KEYS[base + 1 + k + j]) or '', esize[j])
+          end
+          local tsj, entj = lts[j], lents[j]
+          local entry
+          if esize[j] > 0 then entry = struct.pack('<i8', ts) .. v else entry = struct.pack('<i8I4', ts, #v) .. v end
+          local q = #tsj
+          while q > 0 and tsj[q] > ts do q = q - 1 end
+          table.insert(tsj, q + 1, ts)
+          table.insert(entj, q + 1, entry)
+          ldirty[j] = true
+        end
+      end
+      if is_late then late = late + 1 else applied = applied + 1 end
+      if off > newtop then newtop = off end
+      if eold == nil or ts < eold then eold = ts end
     end
-    for s, _ in pairs(dirty[i]) do redis.call('SETRANGE', key, s * slot_size, cache[i][s]) end
+  end
+  for i = 1, k do
+    local key = KEYS[base + 1 + i]
+    if next(dirty[i]) ~= nil then
+      if short[i] then
+        local full = slots[i] * slot_size
+        if redis.call('STRLEN', key) < full then redis.call('SETRANGE', key, full - 1, '\0') end
+      end
+      for sl, _ in pairs(dirty[i]) do redis.call('SETRANGE', key, sl * slot_size, cache[i][sl]) end
+    end
+  end
+  for j = 1, m do
+    if ldirty[j] then redis.call('SET', KEYS[base + 1 + k + j], trim_list(lts[j], lents[j], keep[j], span[j])) end
+  end
+  if field ~= '' and newtop > top then redis.call('HSET', state, field, string.format('%d', newtop)) end
+  if eold ~= nil then
+    if sf == nil or eold < sf then redis.call('HSET', state, 'sf', string.format('%d', eold)) end
+    if oldest == nil or eold < oldest then oldest = eold end
   end
 end
-for j = 1, m do
-  if ldirty[j] then redis.call('SET', KEYS[1 + k + j], trim_list(lts[j], lents[j], keep[j], span[j])) end
-end
-if field ~= '' and newtop > top then redis.call('HSET', KEYS[1], field, string.format('%d', newtop)) end
-if oldest ~= nil and (sf == nil or oldest < sf) then redis.call('HSET', KEYS[1], 'sf', string.format('%d', oldest)) end
 return {applied, late, dup, covered, oldest or -1}
 """
 

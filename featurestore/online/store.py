@@ -59,6 +59,7 @@ OnlineView = FeatureView | WindowedFeatureView
 _SEND_GROUP = 4  # commands packed and sent together by OnlineStore._send
 SCRIPT_ROWS = 1000  # rows per SET_IF_NEWER call (Lua's unpack() limit is ~8,000 values)
 TILE_SCRIPT_ARGS = 3000  # ARGV values per PUT_STATE call
+EVENTS_PER_CALL = 500  # events per ADD_EVENTS call: bounds how long one call blocks the server
 _NAT = np.iinfo(np.int64).min
 
 
@@ -538,7 +539,7 @@ class OnlineStore:
 
     def _fill_windowed(self, r: _ViewRead, n: int, raws: Mapping[tuple[str, int], list[bytes | None]], now_us: int,
                        status: np.ndarray, columns: list[Any], event_ts: dict[str, np.ndarray]) -> None:
-        """Window values of every entity at once: per ring one frombuffer and numpy masks, no loop per entity."""
+        """Window values of every entity at once: per ring one frombuffer and a few matrix ops, no loop per entity."""
         info, tc = r.info, r.info.tiles
         present = np.zeros(n, dtype=bool)
         newest = np.full(n, _NAT, dtype=np.int64)
@@ -551,19 +552,41 @@ class OnlineStore:
                 found = np.fromiter((v is not None for v in raw), dtype=bool, count=n)
             present |= found
         lists: dict[int, tuple] = {}
-        masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        wanted = [tc.outputs[p] for p in r.positions]
+        sums_needed = {(o.part, o.column) for o in wanted if o.function in (AggregationFunction.SUM, AggregationFunction.MEAN)}
+        lengths: dict[int, list[int]] = {}  # ring -> window lengths in tiles read from it
+        for o in wanted:
+            if o.function is not AggregationFunction.LAST_N:
+                lengths.setdefault(o.part, [])
+                if o.window_us // o.hop_us not in lengths[o.part]:
+                    lengths[o.part].append(o.window_us // o.hop_us)
+        totals: dict[int, dict[str, np.ndarray]] = {}
 
-        def window(o: Any) -> tuple[np.ndarray, np.ndarray]:
-            """(inside mask (N, slots), event count (N,)) of a COUNT/SUM/MEAN output's window."""
-            hit = masks.get((o.part, o.window_us))
+        def ring_totals(i: int) -> dict[str, np.ndarray]:
+            """Ring i's window totals, (N, windows) per quantity, windows in `lengths[i]` order.
+
+            Which tile a slot must hold as of now is the same for every entity (slot = tile index mod
+            slots), so validity is one comparison with a row of expected tile starts, and every window of
+            the ring is a fixed set of slots: the totals of all windows are one matrix product per quantity.
+            A slot holding another tile (stale, or empty) counts nothing.
+            """
+            hit = totals.get(i)
             if hit is None:
-                slots = rings[o.part]
-                cur = now_us - now_us % o.hop_us
-                tile = slots["tile"]
-                inside = (tile >= cur - o.window_us + o.hop_us) & (tile <= cur)
-                cnt = np.where(inside, slots["count"], 0).sum(axis=1)
-                hit = masks[(o.part, o.window_us)] = (inside, cnt)
-                np.maximum(newest, np.where(inside, tile, _NAT).max(axis=1, initial=_NAT), out=newest)
+                ring, words = tc.rings[i], rings[i]
+                cur = now_us - now_us % ring.hop_us
+                age = (cur // ring.hop_us - np.arange(ring.slots)) % ring.slots
+                expected = cur - age * ring.hop_us
+                valid = words[:, :, 0] == expected
+                member = (age[:, None] < np.asarray(lengths[i])[None, :]).astype(np.float64)  # (slots, windows)
+                hit = {"count": np.rint(np.where(valid, words[:, :, 1], 0).astype(np.float64) @ member).astype(np.int64)}
+                for k, c in enumerate(tc.sum_columns):
+                    if (i, c) in sums_needed:
+                        hit[f"s{k}"] = np.where(valid, words[:, :, 2 + 2 * k].view(np.float64), 0.0) @ member
+                        nn = np.where(valid, words[:, :, 3 + 2 * k], 0).astype(np.float64) @ member
+                        hit[f"n{k}"] = np.rint(nn).astype(np.int64)
+                if len(words):
+                    np.maximum(newest, np.where(valid, expected, _NAT).max(axis=1), out=newest)
+                totals[i] = hit
             return hit
 
         sum_idx = {c: i for i, c in enumerate(tc.sum_columns)}
@@ -583,26 +606,28 @@ class OnlineStore:
                                     - (offsets[1:] - offsets[:-1] - (within[offsets[1:]] - within[offsets[:-1]])))
                 take = np.minimum(inside, o.n)
                 col: list[Any] = [[] for _ in range(n)]
-                for i in np.flatnonzero(take).tolist():
-                    e = int(end[i])
-                    col[i] = vals[e - int(take[i]): e][::-1].tolist()
+                values = vals.tolist() if isinstance(vals, np.ndarray) else list(vals)
+                hits = np.flatnonzero(take)
+                for i, e, t in zip(hits.tolist(), end[hits].tolist(), take[hits].tolist()):
+                    col[i] = values[e - t: e][::-1]
                 if len(ts):
                     last_in = np.where(inside > 0, ts[np.maximum(end - 1, 0)], _NAT)
                     np.maximum(newest, last_in, out=newest)
                 st = np.where(take > 0, np.uint8(FeatureStatus.PRESENT), np.uint8(FeatureStatus.DEFAULTED))
             else:
-                inside, cnt = window(o)
+                t = ring_totals(o.part)
+                w = lengths[o.part].index(o.window_us // o.hop_us)
+                cnt = t["count"][:, w]
                 st = np.where(cnt > 0, np.uint8(FeatureStatus.PRESENT), np.uint8(FeatureStatus.DEFAULTED))
                 if o.function is AggregationFunction.COUNT:
-                    col = cnt.astype(np.int64, copy=False)
+                    col = np.ascontiguousarray(cnt)
                 else:
-                    slots = rings[o.part]
                     k = sum_idx[o.column]
-                    total = np.where(inside, slots[f"s{k}"], 0.0).sum(axis=1)
+                    total = np.ascontiguousarray(t[f"s{k}"][:, w])
                     if o.function is AggregationFunction.SUM:  # a sum of no values is 0.0, as offline
                         col = total
                     else:  # a mean of no values is NULL
-                        nn = np.where(inside, slots[f"n{k}"], 0).sum(axis=1)
+                        nn = t[f"n{k}"][:, w]
                         st[(cnt > 0) & (nn == 0)] = FeatureStatus.NULL_VALUE
                         with np.errstate(invalid="ignore", divide="ignore"):
                             col = np.where(nn > 0, total / np.maximum(nn, 1), np.nan)
@@ -773,7 +798,7 @@ class OnlineStore:
         return self.add_events(view, [(entity, event_ts, values)])
 
     def add_events(self, view: WindowedFeatureView, events: Iterable[tuple[Any, datetime | int, Mapping[str, Any]]]) -> int:
-        """Add many events (entity, event_ts, {column: value}): one script call per entity, pipelined.
+        """Add many events (entity, event_ts, {column: value}): many entities per script call, pipelined.
 
         Returns the events added to every ring of the view (the others were too old for some ring, or
         before the batch-through). Not idempotent (adding twice counts twice): a dropped connection is
@@ -784,22 +809,56 @@ class OnlineStore:
             raise TypeError(f"{view.name} is not windowed")
         events = list(events)
         bases = window_entity_bases(info.prefix, [e[0] for e in events], len(view.join_keys))
-        per_key: dict[str, list[Any]] = {}
-        encode = info.tiles.event_encoder()
+        pack = info.tiles.event_packer()
+        per_entity: dict[tuple[str, str], list[bytes]] = {}
         for base, (_, ts, vals) in zip(bases, events):
-            args = per_key.get(base)
-            if args is None:
-                args = per_key[base] = []
-            args.append(0)
-            args.extend(encode(to_micros(ts), vals))
-        head = ["", "", *info.tiles.script_config()]
-        replies = self.eval_many("ADD_EVENTS", [(info.tiles.keys(b), head + a) for b, a in per_key.items()],
-                                 idempotent=False)
+            blobs = per_entity.get((base, ""))
+            if blobs is None:
+                blobs = per_entity[(base, "")] = []
+            blobs.append(pack(0, to_micros(ts), vals))
+        replies = self.eval_many("ADD_EVENTS", self.event_calls(view, per_entity, None), idempotent=False)
         applied = sum(int(rep[0]) for rep in replies)
         oldest = [int(rep[4]) for rep in replies if int(rep[4]) >= 0]
         if oldest:
             self.lower_stream_from(view, min(oldest))
         return applied
+
+    def event_calls(self, view: WindowedFeatureView, per_entity: Mapping[tuple[str, str], list[bytes]],
+                    batch_through: int | None) -> list[tuple[list[str], list[Any]]]:
+        """ADD_EVENTS calls for {(entity key base, offsets field): packed events}: many entities per call
+        (on a cluster, those of one hash slot), at most `EVENTS_PER_CALL` events per call."""
+        tc = self.info(view).tiles
+        head = ["" if batch_through is None else batch_through, *tc.script_config()]
+        items = list(per_entity.items())
+        if self.cluster:
+            groups: dict[int, list[int]] = {}
+            keyslot = self.client.keyslot
+            for i, ((base, _), _) in enumerate(items):
+                groups.setdefault(keyslot(base + ":s"), []).append(i)
+            order = [i for g in groups.values() for i in g]
+            slot_of = {i: s for s, g in groups.items() for i in g}
+        else:
+            order = list(range(len(items)))
+            slot_of = None
+        calls: list[tuple[list[str], list[Any]]] = []
+        keys: list[str] = []
+        args: list[Any] = list(head)
+        n = 0
+        prev_slot = None
+        suffixes = tc.suffixes
+        for i in order:
+            (base, fld), blobs = items[i]
+            if keys and (n + len(blobs) > EVENTS_PER_CALL or (slot_of is not None and slot_of[i] != prev_slot)):
+                calls.append((keys, args))
+                keys, args, n = [], list(head), 0
+            prev_slot = slot_of[i] if slot_of is not None else None
+            keys.extend([base + x for x in suffixes])
+            args.append(fld)
+            args.append(b"".join(blobs))
+            n += len(blobs)
+        if keys:
+            calls.append((keys, args))
+        return calls
 
     # -------------------------------------------------------------- watermarks
     def get_batch_through(self, view: WindowedFeatureView) -> int | None:

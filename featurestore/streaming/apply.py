@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 
 GUARDED_ADD_EVENTS = scripts.ADD_EVENTS  # the store's window script; a non-empty field turns its guard on
 
-EVENTS_PER_CALL = 2000  # bounds one script call's run time (Redis is blocked while it runs)
-
 
 @dataclass(frozen=True)
 class StreamEvent:
@@ -89,10 +87,7 @@ class ApplyCounts:
 class _ViewPlan:
     prefix: str
     arity: int
-    suffixes: tuple[str, ...]
-    encode: Any
-    config: list[Any]
-    stride: int
+    pack: Any
 
 
 class TileWriter:
@@ -119,8 +114,7 @@ class TileWriter:
             return hit[1]
         info = self.store.info(view)
         tc = info.tiles
-        plan = _ViewPlan(info.prefix, len(view.join_keys), tc.suffixes, tc.event_encoder(), tc.script_config(),
-                         3 + len(tc.lists))
+        plan = _ViewPlan(info.prefix, len(view.join_keys), tc.event_packer())
         self._plans[id(view)] = (view, plan)
         return plan
 
@@ -154,27 +148,22 @@ class TileWriter:
                 events = kept
             if not events:
                 continue
-            per_call: dict[tuple[str, str], list[Any]] = {}
+            per_entity: dict[tuple[str, str], list[bytes]] = {}
             bases = window_entity_bases(p.prefix, [e.entity for e in events], p.arity)
-            encode = p.encode
+            pack = p.pack
             fields: dict[tuple[str, int], str] = {}
             for ev, base in zip(events, bases):
                 tp = (ev.topic, ev.partition)
                 fld = fields.get(tp)
                 if fld is None:
                     fld = fields[tp] = self.field_of(*tp)
-                args = per_call.get((base, fld))
-                if args is None:
-                    args = per_call[(base, fld)] = []
-                args.append(ev.offset)
-                args.extend(encode(ev.ts_us, ev.values))
-            head_bt = "" if bt is None else bt
-            step = p.stride * EVENTS_PER_CALL
-            for (base, fld), args in per_call.items():
-                keys = [base + s for s in p.suffixes]
-                for i in range(0, len(args), step):
-                    calls.append((keys, [fld, head_bt, *p.config, *args[i: i + step]]))
-                    owners.append(view.name)
+                blobs = per_entity.get((base, fld))
+                if blobs is None:
+                    blobs = per_entity[(base, fld)] = []
+                blobs.append(pack(ev.offset, ev.ts_us, ev.values))
+            view_calls = self.store.event_calls(view, per_entity, bt)
+            calls.extend(view_calls)
+            owners.extend([view.name] * len(view_calls))
         oldest: dict[str, int] = {}
         for name, reply in zip(owners, self.store.eval_many("ADD_EVENTS", calls, idempotent=True)):
             applied, late, dup, covered, old = (int(x) for x in reply)
