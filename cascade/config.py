@@ -149,6 +149,7 @@ class RecallConfig(_Section):
     popular_max_items_per_category: int = Field(10_000, description="Items kept per category's trending sorted set.")
     popular_category_boost: float = Field(2.0, description="Score x (1 + boost x preference) for items of the user's preferred categories.")
     fresh_category_boost: float = Field(2.0, description="Same boost for the fresh channel.")
+    channel_cache_s: float = Field(1.0, description="The popular and fresh channels reuse the sorted-set heads they read for this long (0: read per request).")
     preferred_categories: int = Field(3, description="Categories read per user by the popular and fresh channels.")
     trending_stream_group: str = Field("recall-trending", description="Kafka consumer group of the trending updater.")
     # -- request -> RecallQuery (recall/service.py)

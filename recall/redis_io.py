@@ -21,6 +21,7 @@ from the serving event loop (:func:`async_redis`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,6 +103,45 @@ def unpack_pairs(buf: bytes | None) -> tuple[np.ndarray, np.ndarray]:
     return pairs[:, 0].astype(np.int64), pairs[:, 1].copy()
 
 
+class HeadCache:
+    """Recently read heads of sorted sets (members, scores), reused for ``ttl_s`` by the popular and fresh channels.
+
+    The global and per-category heads are the same for every user and change
+    slowly (trending half-lives are hours; fresh windows are days), so one
+    read per set per ``ttl_s`` replaces one per request. A head is reused
+    while it is younger than ``ttl_s``, holds at least k entries (or the whole
+    set), and -- when the caller's head depends on the request time, as fresh
+    windows do -- was fetched for a request time within ``ttl_s`` of this one.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = float(ttl_s)
+        self._heads: dict[str, tuple[float, int, int, np.ndarray, np.ndarray, Any]] = {}
+
+    @staticmethod
+    def fetch_size(k: int) -> int:
+        """Heads are fetched a little larger than asked (a power of two >= 64) so nearby k's reuse them."""
+        return max(64, 1 << (max(k, 1) - 1).bit_length())
+
+    def get(self, key: str, k: int, now_ms: int | None = None) -> tuple[np.ndarray, np.ndarray, Any] | None:
+        """The cached head of `key`, or None; `now_ms` None skips the request-time check (heads not tied to it)."""
+        if self.ttl_s <= 0:
+            return None
+        head = self._heads.get(key)
+        if head is None:
+            return None
+        at, fetched_k, at_ms, items, scores, extra = head
+        if time.monotonic() - at > self.ttl_s or (now_ms is not None and abs(now_ms - at_ms) > self.ttl_s * 1000.0):
+            return None
+        if fetched_k < k and items.size >= fetched_k:  # the set may hold more than was fetched
+            return None
+        return items, scores, extra
+
+    def put(self, key: str, k: int, now_ms: int, items: np.ndarray, scores: np.ndarray, extra: Any = None) -> None:
+        if self.ttl_s > 0:
+            self._heads[key] = (time.monotonic(), k, now_ms, items, scores, extra)
+
+
 def tag(namespace: str, part: str) -> str:
     """``{ns:part}``: the hash-tagged key prefix of one recall structure."""
     if not namespace or "{" in namespace or "}" in namespace:
@@ -115,4 +155,4 @@ def decode_str(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-__all__ = ["AsyncRedis", "RECENT_PACKED", "TOP_PACKED", "amget", "async_redis", "decode_str", "is_cluster", "tag", "unpack_pairs"]
+__all__ = ["AsyncRedis", "HeadCache", "RECENT_PACKED", "TOP_PACKED", "amget", "async_redis", "decode_str", "is_cluster", "tag", "unpack_pairs"]

@@ -4,7 +4,8 @@ One script call (packed replies, see :data:`recall.redis_io.RECENT_PACKED`) read
 globally and in each preferred category (as the popular channel chooses
 them). The score is the remaining freshness ``1 - age / max_age`` in [0, 1]
 times ``1 + boost * preference`` for items of a preferred category.
-Items dated after ``now`` (scheduled) are not returned.
+Items dated after ``now`` (scheduled) are not returned. With ``cache_s`` the
+heads are reused across requests as the popular channel does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from recall.categories import ItemCategories, preferred_categories
 from recall.channel import ChannelResult, RecallQuery
 from recall.channels.item2item import top_k
 from recall.fresh import FreshKeys
-from recall.redis_io import RECENT_PACKED, AsyncRedis, unpack_pairs
+from recall.redis_io import RECENT_PACKED, AsyncRedis, HeadCache, unpack_pairs
 
 
 class FreshChannel:
@@ -25,7 +26,8 @@ class FreshChannel:
 
     def __init__(self, client: AsyncRedis, namespace: str, *, max_age_hours: float,
                  categories: ItemCategories | None = None, category_features: Sequence[str] = (),
-                 max_categories: int = 3, category_boost: float = 2.0, name: str = "fresh") -> None:
+                 max_categories: int = 3, category_boost: float = 2.0, cache_s: float = 0.0,
+                 name: str = "fresh") -> None:
         self.name = name
         self.client = client
         self.keys = FreshKeys.of(namespace)
@@ -35,6 +37,7 @@ class FreshChannel:
         self.max_categories = max_categories
         self.category_boost = category_boost
         self._read = client.register_script(RECENT_PACKED)
+        self._cache = HeadCache(cache_s)
 
     @classmethod
     def from_config(cls, client: AsyncRedis, config: object, namespace: str | None = None,
@@ -42,7 +45,8 @@ class FreshChannel:
         rc = config.recall  # type: ignore[attr-defined]
         return cls(client, namespace or config.features.project, max_age_hours=rc.fresh_max_age_hours,  # type: ignore[attr-defined]
                    categories=categories, category_features=rc.category_features,
-                   max_categories=rc.preferred_categories, category_boost=rc.fresh_category_boost)
+                   max_categories=rc.preferred_categories, category_boost=rc.fresh_category_boost,
+                   cache_s=rc.channel_cache_s)
 
     async def warm_up(self) -> None:
         """Open a connection before the first request (called by the server's start)."""
@@ -56,11 +60,29 @@ class FreshChannel:
         now = int(query.now_ms)
         lo = now - self.max_age_ms
         keys = [self.keys.glob, *[self.keys.cat(c) for c in prefs]]
-        glob, *per_cat = await self._read(keys=keys, args=[now, lo, k])
-        items = [unpack_pairs(glob)]
+        heads: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        missing = []
+        for key in keys:
+            head = self._cache.get(key, k, now)
+            if head is None:
+                missing.append(key)
+            else:
+                heads[key] = head[:2]
+        if missing:
+            size = HeadCache.fetch_size(k)
+            for key, buf in zip(missing, await self._read(keys=missing, args=[now, lo, size])):
+                heads[key] = unpack_pairs(buf)
+                self._cache.put(key, size, now, *heads[key])
+
+        def window(key: str) -> tuple[np.ndarray, np.ndarray]:
+            items, published = heads[key]
+            ok = (published >= lo) & (published <= now)  # a reused head was read for a slightly different now
+            return items[ok][:k], published[ok][:k]
+
+        items = [window(self.keys.glob)]
         prefs_of = [np.zeros(items[0][0].size)]
-        for pref, rows in zip(prefs.values(), per_cat):
-            items.append(unpack_pairs(rows))
+        for c, pref in prefs.items():
+            items.append(window(self.keys.cat(c)))
             prefs_of.append(np.full(items[-1][0].size, pref))
         all_items = np.concatenate([i for i, _ in items])
         if all_items.size == 0:

@@ -8,19 +8,24 @@ recent items). An item's score is its decayed count as of the request
 (``stored * exp(-(now - t0) / tau)``, see :mod:`recall.trending`) times
 ``1 + boost * preference`` for the strongest preferred category it is in, so a
 user's categories climb without pushing out the global hits entirely.
+
+The heads of the sets are the same for every user: with ``cache_s`` (config
+``channel_cache_s``) each is read at most once per ``cache_s`` per process
+(:class:`recall.redis_io.HeadCache`) and requests in between cost no Redis call.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from recall.categories import ItemCategories, preferred_categories
 from recall.channel import ChannelResult, RecallQuery
 from recall.channels.item2item import top_k
-from recall.redis_io import TOP_PACKED, AsyncRedis, unpack_pairs
+from recall.redis_io import TOP_PACKED, AsyncRedis, HeadCache, unpack_pairs
 from recall.trending import TrendingKeys
 
 
@@ -29,7 +34,8 @@ class PopularChannel:
 
     def __init__(self, client: AsyncRedis, namespace: str, *, half_life_hours: float,
                  categories: ItemCategories | None = None, category_features: Sequence[str] = (),
-                 max_categories: int = 3, category_boost: float = 2.0, name: str = "popular") -> None:
+                 max_categories: int = 3, category_boost: float = 2.0, cache_s: float = 0.0,
+                 name: str = "popular") -> None:
         self.name = name
         self.client = client
         self.keys = TrendingKeys.of(namespace)
@@ -39,6 +45,7 @@ class PopularChannel:
         self.max_categories = max_categories
         self.category_boost = category_boost
         self._read = client.register_script(TOP_PACKED)
+        self._cache = HeadCache(cache_s)
 
     @classmethod
     def from_config(cls, client: AsyncRedis, config: object, namespace: str | None = None,
@@ -46,7 +53,8 @@ class PopularChannel:
         rc = config.recall  # type: ignore[attr-defined]
         return cls(client, namespace or config.features.project, half_life_hours=rc.trending_half_life_hours,  # type: ignore[attr-defined]
                    categories=categories, category_features=rc.category_features,
-                   max_categories=rc.preferred_categories, category_boost=rc.popular_category_boost)
+                   max_categories=rc.preferred_categories, category_boost=rc.popular_category_boost,
+                   cache_s=rc.channel_cache_s)
 
     async def warm_up(self) -> None:
         """Open a connection before the first request (called by the server's start)."""
@@ -60,12 +68,30 @@ class PopularChannel:
         if k <= 0:
             return ChannelResult.empty()
         prefs = self.preferences(query) if self.category_boost > 0 else {}
-        keys = [self.keys.meta, self.keys.glob, *[self.keys.cat(c) for c in prefs]]
-        t0, glob, *per_cat = await self._read(keys=keys, args=["t0", k])
-        if not t0:
-            return ChannelResult.empty()
-        factor = math.exp(-(query.now_ms - int(t0)) / self.tau_ms)
-        return self.combine(unpack_pairs(glob), [(p, unpack_pairs(b)) for p, b in zip(prefs.values(), per_cat)], factor, k)
+        keys = [self.keys.glob, *[self.keys.cat(c) for c in prefs]]
+        heads: dict[str, tuple[np.ndarray, np.ndarray, Any]] = {}
+        missing = []
+        for key in keys:
+            head = self._cache.get(key, k)  # counts are stored time-independently (decayed on read)
+            if head is None:
+                missing.append(key)
+            else:
+                heads[key] = head
+        if missing:
+            size = HeadCache.fetch_size(k)
+            t0, *packed = await self._read(keys=[self.keys.meta, *missing], args=["t0", size])
+            if not t0:
+                return ChannelResult.empty()
+            for key, buf in zip(missing, packed):
+                items, stored = unpack_pairs(buf)
+                self._cache.put(key, size, query.now_ms, items, stored, int(t0))
+                heads[key] = (items, stored, int(t0))
+
+        def counts(key: str) -> tuple[np.ndarray, np.ndarray]:
+            items, stored, t0 = heads[key]
+            return items[:k], stored[:k] * math.exp(-(query.now_ms - t0) / self.tau_ms)
+
+        return self.combine(counts(self.keys.glob), [(p, counts(self.keys.cat(c))) for c, p in prefs.items()], 1.0, k)
 
     def combine(self, glob: tuple[np.ndarray, np.ndarray], per_cat: list[tuple[float, tuple[np.ndarray, np.ndarray]]],
                 factor: float, k: int) -> ChannelResult:

@@ -79,3 +79,27 @@ def test_preferred_categories_from_features_and_recent_items():
     assert got["b"] == pytest.approx(1.425 / (1.425 + 0.7225 + 0.425)) and 0 < got["c"] < got["b"]
     assert preferred_categories({}, [], categories=cats) == {}
     assert preferred_categories({"home": ["p", "q"]}, [], category_features=("home",), limit=1) == {"p": 1.0}
+
+
+def test_cached_heads_follow_the_request_time(redis, stack, config, unique_prefix):
+    idx = FreshIndex(redis, unique_prefix, max_age_hours=48.0)
+    idx.bootstrap(catalogue(AGES, CATS), NOW)
+
+    async def scenario():
+        client = async_redis(stack.redis_url, config.redis)
+        try:
+            ch = FreshChannel(client, unique_prefix, max_age_hours=48.0, category_boost=0.0, cache_s=600.0)
+            first = await ch.recall(RecallQuery(user_id=1, now_ms=NOW), 10)
+            redis.delete(idx.keys.glob)
+            # 100 s later: the head read at NOW is reused, its window moved on (3 is 47h + 100s old... still in)
+            soon = await ch.recall(RecallQuery(user_id=1, now_ms=NOW + 100_000), 10)
+            # an hour later is beyond cache_s of request time: read again (the set is gone now)
+            later = await ch.recall(RecallQuery(user_id=1, now_ms=NOW + HOUR_MS), 10)
+            return first, soon, later
+        finally:
+            await client.aclose()
+
+    first, soon, later = asyncio.run(scenario())
+    assert first.items.tolist() == soon.items.tolist() == [1, 2, 3]
+    assert soon.scores[0] < first.scores[0]  # freshness at the later time
+    assert len(later.items) == 0

@@ -157,3 +157,30 @@ def test_kafka_updater_counts_each_event_once(redis, stack, config, unique_prefi
         assert dict(s.top(10, at(12))) == pytest.approx(expect, rel=1e-9)
     finally:
         producer.close()
+
+
+def test_set_heads_are_cached_for_cache_s(redis, stack, config, unique_prefix):
+    s = store(redis, unique_prefix)
+    s.bootstrap(LOG, as_of=at(6.5))
+
+    async def scenario():
+        client = async_redis(stack.redis_url, config.redis)
+        try:
+            cached = PopularChannel(client, unique_prefix, half_life_hours=6.0, category_boost=0.0, cache_s=600.0)
+            fresh = PopularChannel(client, unique_prefix, half_life_hours=6.0, category_boost=0.0)
+            q = RecallQuery(user_id=1, now_ms=at(12))
+            first = await cached.recall(q, 2)
+            redis.delete(s.keys.glob)  # the sets change; the cached head is still served...
+            again = await cached.recall(RecallQuery(user_id=2, now_ms=at(13)), 2)
+            uncached = await fresh.recall(q, 2)
+            bigger = await cached.recall(q, 100)  # ...unless more than the fetched head is asked for
+            return first, again, uncached, bigger
+
+        finally:
+            await client.aclose()
+
+    first, again, uncached, bigger = asyncio.run(scenario())
+    assert first.items.tolist() == again.items.tolist() == [12, 10] and len(first.items) == 2
+    # counts are decayed to each request's own time
+    assert again.scores.tolist() == pytest.approx((first.scores * 2 ** (-1 / 6)).tolist(), rel=1e-6)
+    assert len(uncached.items) == 0 and len(bigger.items) == 3  # the head held the whole set (3 < 64): reused
