@@ -24,7 +24,10 @@
    are the primary set; if the union holds fewer than ``count`` items
    (overlap between channels, a channel that under-delivered, timed out or
    failed), the best remaining items of any channel fill up ("backfill");
-   if it holds more, the best ``count`` stay.
+   if it holds more, the best ``count`` stay. If even then fewer than
+   ``count`` remain, a second round asks the channels that filled their ask
+   (they may hold more) for the shortfall -- a cold user's missing history
+   channels are made up by popular and fresh this way.
 5. **Score.** Weighted reciprocal-rank fusion over every channel that
    returned the item: ``merged = sum_c weight_c / (rrf_k + position_c + 1)``
    (position after filtering). Candidates are ordered by it (ties: smaller
@@ -88,6 +91,7 @@ class RecallResult:
     channels: tuple[str, ...]
     outcomes: list[ChannelOutcome] = field(default_factory=list)
     backfilled: int = 0  # candidates taken beyond their channels' quotas
+    topped_up: bool = False  # a second round asked the channels for more
 
     def __len__(self) -> int:
         return int(self.items.size)
@@ -137,7 +141,7 @@ class RecallMerger:
     def __init__(self, channels: Sequence[Channel], *, quotas: Mapping[str, int],
                  timeouts_ms: Mapping[str, float] | None = None, weights: Mapping[str, float] | None = None,
                  rrf_k: float = 60.0, overfetch: float = 0.5, max_candidates: int = 5000,
-                 order: Sequence[str] | None = None) -> None:
+                 order: Sequence[str] | None = None, topup: bool = True) -> None:
         by_name: dict[str, Channel] = {}
         for ch in channels:
             if ch.name in by_name:
@@ -155,6 +159,7 @@ class RecallMerger:
         self.rrf_k = float(rrf_k)
         self.overfetch = float(overfetch)
         self.max_candidates = int(max_candidates)
+        self.topup = topup
         self._abandoned: dict[str, set[asyncio.Future[Any]]] = {}
 
     @classmethod
@@ -296,7 +301,30 @@ class RecallMerger:
         runs = [self._run(self.channels[o.name], query, o) for o in outcomes if o.name in effective]
         if runs:
             await asyncio.gather(*runs)
-        return self.merge(outcomes, effective, count, blocked)
+        result = self.merge(outcomes, effective, count, blocked)
+        if self.topup and len(result) < count:
+            if await self._top_up(query, outcomes, count - len(result)):
+                result = self.merge(outcomes, effective, count, blocked)
+                result.topped_up = True
+        return result
+
+    async def _top_up(self, query: RecallQuery, outcomes: list[ChannelOutcome], deficit: int) -> bool:
+        """Second round when the union fell short: channels that filled their ask (so may hold more) are asked for
+        `deficit` more. A late or failing top-up keeps the channel's first answer and degrades nothing."""
+        more = [o for o in outcomes if o.status == ChannelStatus.OK and o.result is not None
+                and o.returned >= o.asked and o.asked < self.max_candidates]
+        if not more:
+            return False
+        again = [ChannelOutcome(o.name, ChannelStatus.OK, o.quota, asked=min(self.max_candidates, o.asked + deficit))
+                 for o in more]
+        await asyncio.gather(*(self._run(self.channels[a.name], query, a) for a in again))
+        grew = False
+        for o, a in zip(more, again):
+            o.latency_ms += a.latency_ms
+            if a.status == ChannelStatus.OK and a.result is not None and a.returned > o.returned:
+                o.result, o.returned, o.asked = a.result, a.returned, a.asked
+                grew = True
+        return grew
 
     # ------------------------------------------------------------------ merging
 

@@ -147,3 +147,15 @@ def test_duplicates_inside_one_channel_list_count_once():
     assert res.items.tolist() == [1, 2]
     assert res.attributions(0) == [("a", 1.0, 0)]
     assert np.all(np.diff(res.merged_scores) <= 0)
+
+
+def test_a_second_round_tops_up_a_short_union():
+    a = ScriptedChannel("a", list(range(1, 9)))
+    short = ScriptedChannel("short", [20])
+    m = merger(a, short, quotas={"a": 2, "short": 2})  # no overfetch: nothing to backfill from in round one
+    res = run(m, 4)
+    assert a.calls == [2, 3] and short.calls == [2]  # only the channel that filled its ask is asked again
+    assert res.topped_up and sorted(res.items.tolist()) == [1, 2, 3, 20]
+    # nothing more to get: no second round
+    res = run(merger(ScriptedChannel("tiny", [1]), quotas={"tiny": 5}), 5)
+    assert not res.topped_up and res.items.tolist() == [1]
