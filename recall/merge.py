@@ -6,7 +6,9 @@
    request's override). A channel with quota 0 is SKIPPED ("disabled"), one
    that is not loaded or not applicable to the user (``channel.applicable(query)``
    is False, e.g. item2item without recent items) is SKIPPED too and its quota
-   goes to the runnable channels in proportion to theirs. When the request
+   goes to the runnable channels in proportion to theirs; so does the part of
+   a quota beyond what a channel says it can return (``channel.capacity(query)``,
+   e.g. item2item's seeds x stored neighbours). When the request
    wants fewer candidates than the quotas add up to, every quota shrinks in
    proportion (a 10-candidate call does not pull 1,000). Each channel is then
    asked for ``quota * (1 + overfetch)`` plus room for filtered items: the
@@ -135,6 +137,26 @@ def _truncate(message: str) -> str:
     return data[:MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
+def _allocate(quotas: Mapping[str, int], caps: Mapping[str, int], target: int) -> dict[str, int]:
+    """Split `target` over the channels in proportion to their quotas, none above its cap (water-filling)."""
+    alloc: dict[str, int] = {}
+    free = {n: q for n, q in quotas.items() if q > 0}
+    remaining = float(target)
+    while free:
+        total = sum(free.values())
+        share = {n: remaining * q / total for n, q in free.items()}
+        over = [n for n in free if n in caps and share[n] >= caps[n]]
+        if not over:
+            for n in free:
+                alloc[n] = max(1, math.ceil(share[n]))
+            break
+        for n in over:
+            alloc[n] = caps[n]
+            remaining = max(0.0, remaining - caps[n])
+            del free[n]
+    return alloc
+
+
 class RecallMerger:
     """Channels + quotas, budgets and weights; :meth:`recall` runs one request (see the module docstring)."""
 
@@ -186,6 +208,7 @@ class RecallMerger:
               n_filtered: int) -> tuple[list[ChannelOutcome], dict[str, int]]:
         outcomes: list[ChannelOutcome] = []
         runnable: dict[str, int] = {}
+        caps: dict[str, int] = {}
         lost = 0
         for n in self.names:
             quota = int(overrides[n]) if overrides and n in overrides else self.quotas[n]
@@ -210,14 +233,13 @@ class RecallMerger:
                 continue
             outcomes.append(ChannelOutcome(n, ChannelStatus.OK, quota))
             runnable[n] = quota
-        total = sum(runnable.values())
-        effective: dict[str, int] = {}
-        if total:
-            scale = (total + lost) / total  # the skipped channels' share goes to the others
-            if count < (total + lost):
-                scale = count / total
-            for n, q in runnable.items():
-                effective[n] = max(1, math.ceil(q * scale))
+            capacity = getattr(ch, "capacity", None)
+            if capacity is not None:  # the channel cannot return more than this: the rest goes elsewhere up front
+                try:
+                    caps[n] = max(1, int(capacity(query)))
+                except Exception:  # noqa: BLE001 - no bound then
+                    pass
+        effective = _allocate(runnable, caps, min(count, sum(runnable.values()) + lost))
         for o in outcomes:
             if o.name in effective:
                 e = effective[o.name]

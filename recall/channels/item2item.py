@@ -57,7 +57,7 @@ class Item2ItemChannel:
     """Co-visitation neighbours of ``query.recent_items`` (see the module docstring)."""
 
     def __init__(self, client: AsyncRedis, namespace: str, *, max_seeds: int = 20, seed_decay: float = 0.85,
-                 name: str = "item2item") -> None:
+                 neighbors: int | None = None, name: str = "item2item") -> None:
         if max_seeds <= 0 or not 0 < seed_decay <= 1:
             raise ValueError("max_seeds must be positive and 0 < seed_decay <= 1")
         self.name = name
@@ -65,6 +65,7 @@ class Item2ItemChannel:
         self.namespace = namespace
         self.max_seeds = max_seeds
         self.seed_decay = seed_decay
+        self.neighbors = neighbors  # neighbours stored per item (RecallConfig.covisit_neighbors), for capacity()
         self._prefix = key_prefix(namespace) + ":"
         self._pointer = pointer_key(namespace)
         self._version: str | None = None
@@ -74,7 +75,7 @@ class Item2ItemChannel:
     def from_config(cls, client: AsyncRedis, config: object, namespace: str | None = None) -> "Item2ItemChannel":
         rc = config.recall  # type: ignore[attr-defined]
         return cls(client, namespace or config.features.project, max_seeds=rc.recent_items,  # type: ignore[attr-defined]
-                   seed_decay=rc.item2item_seed_decay)
+                   seed_decay=rc.item2item_seed_decay, neighbors=rc.covisit_neighbors)
 
     @property
     def version(self) -> str | None:
@@ -84,6 +85,12 @@ class Item2ItemChannel:
     async def warm_up(self) -> None:
         """Open a connection and read the live version before the first request (called by the server's start)."""
         self._version = decode_str(await self.client.get(self._pointer))
+
+    def capacity(self, query: RecallQuery) -> int:
+        """At most seeds x stored neighbours come back (the merge gives the rest of the quota to other channels)."""
+        if self.neighbors is None:
+            return 1 << 30
+        return len(unique_recent(query.recent_items, self.max_seeds)) * self.neighbors
 
     def applicable(self, query: RecallQuery) -> bool:
         """No recent items, no seeds: the merge reports the channel SKIPPED."""

@@ -159,3 +159,15 @@ def test_a_second_round_tops_up_a_short_union():
     # nothing more to get: no second round
     res = run(merger(ScriptedChannel("tiny", [1]), quotas={"tiny": 5}), 5)
     assert not res.topped_up and res.items.tolist() == [1]
+
+
+def test_a_channels_capacity_moves_its_excess_quota_up_front():
+    class Bounded(ScriptedChannel):
+        def capacity(self, query):
+            return 2
+
+    a = ScriptedChannel("a", list(range(1, 20)))
+    b = Bounded("b", [50, 51])
+    res = run(merger(a, b, quotas={"a": 4, "b": 4}), 8)
+    assert b.calls == [2] and a.calls == [6]  # b's 2 unusable slots went to a before anything ran
+    assert len(res) == 8 and not res.topped_up
