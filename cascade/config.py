@@ -198,6 +198,7 @@ class RankingConfig(_Section):
     embedding_l2: float = Field(1e-6, description="L2 penalty on the embedding rows a batch uses (per row, summed).")
     epochs: int = Field(20, description="Most training epochs; early stopping on validation AUC usually ends sooner.")
     patience: int = Field(2, description="Epochs without a better validation AUC before training stops.")
+    train_threads: int = Field(1, description="Torch threads while training. 1: on this shared 2-core machine, with other jobs running, a DeepFM step (batch 1024) took 68-80 ms on 1 thread and 170-900 ms on 2 (OpenMP barriers wait for a descheduled thread).")
     rich_min_ratings: int = Field(20, description="Evaluation slice: users with at least this many ratings in the 30-day window at label time.")
     # Serving (ranking/service.py, ranking/live.py, ranking/registry.py, ranking/fallback.py).
     batching: bool = Field(True, description="Dynamic batching on; off scores each request alone (benchmark comparison).")

@@ -4,9 +4,10 @@ The exported graphs take the encoder's arrays positionally in the order of
 ``encoder.input_names()`` (ONNX input names are those names) and return
 ``logits`` [batch]; probabilities are computed by the scorer.
 
-* :func:`export_onnx` uses the ``torch.export``-based exporter
-  (``torch.onnx.export(dynamo=True)``) with one dynamic dimension, ``batch``,
-  shared by every input; sequence and bag lengths are fixed by the encoder.
+* :func:`export_onnx`: one dynamic dimension, ``batch``, shared by every input
+  and the output; sequence and bag lengths are fixed by the encoder. The
+  TorchScript (tracing) exporter by default, ``exporter="dynamo"`` for the
+  ``torch.export``-based one (14x the CPU time here, same numbers).
 * :func:`check_onnx` runs ONNX Runtime against PyTorch on encoder-shaped random
   inputs at batch 1, 7 and 256 and returns the largest absolute logit
   difference; export fails above :data:`ONNX_ATOL` (1e-4, fp32 reassociation
@@ -87,20 +88,50 @@ def _quiet() -> Any:
             lg.setLevel(lv)
 
 
-def export_onnx(model: Any, encoder: Any, path: str | os.PathLike[str], *, opset: int = OPSET) -> Path:
-    """``model.onnx`` with a dynamic batch axis; see the module docstring."""
+def export_onnx(model: Any, encoder: Any, path: str | os.PathLike[str], *, opset: int = OPSET,
+                exporter: str = "torchscript") -> Path:
+    """``model.onnx`` with a dynamic batch axis; see the module docstring.
+
+    `exporter`: ``"torchscript"`` (tracing; 0.3 s of CPU for DeepFM, measured) or
+    ``"dynamo"`` (``torch.export``-based; 4.3 s, same graph semantics). Both
+    are checked numerically by :func:`check_onnx`; the default is the cheap one
+    because every training run and test exports.
+    """
     import torch
 
     names = tuple(encoder.input_names())
     wrapped = positional(model.eval(), names)
     kwargs = example_inputs(encoder, 8)
-    batch = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
     path = Path(path)
     with _quiet(), torch.no_grad():
-        torch.onnx.export(wrapped, (), str(path), kwargs=kwargs, input_names=list(names), output_names=["logits"],
-                          dynamic_shapes={n: {0: batch} for n in names}, dynamo=True, external_data=False,
-                          opset_version=opset, verbose=False)
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
+            torch.onnx.export(wrapped, (), str(path), kwargs=kwargs, input_names=list(names), output_names=["logits"],
+                              dynamic_shapes={n: {0: batch} for n in names}, dynamo=True, external_data=False,
+                              opset_version=opset, verbose=False)
+        elif exporter == "torchscript":
+            ordered = _Ordered(model.eval(), names)
+            torch.onnx.export(ordered, tuple(kwargs[n] for n in names), str(path), input_names=list(names),
+                              output_names=["logits"], dynamic_axes={n: {0: "batch"} for n in [*names, "logits"]},
+                              dynamo=False, opset_version=opset)
+        else:
+            raise ValueError(f"exporter must be 'torchscript' or 'dynamo', not {exporter!r}")
     return path
+
+
+def _Ordered(model: Any, names: tuple[str, ...]) -> Any:
+    """`model` taking its inputs positionally in `names` order (for tracing)."""
+    import torch
+
+    class Ordered(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.model(dict(zip(names, args)))
+
+    return Ordered().eval()
 
 
 def check_onnx(model: Any, encoder: Any, path: str | os.PathLike[str], batch_sizes: tuple[int, ...] = (1, 7, 256),

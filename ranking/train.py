@@ -138,7 +138,7 @@ def train(kind: str = "deepfm", *, feature_set: str | None = None, epochs: int |
     torch.manual_seed(seed)
     np.random.seed(seed)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(ranking.threads)))
+    torch.set_num_threads(max(1, int(ranking.train_threads)))
     t0 = time.perf_counter()
     try:
         if splits is None:
