@@ -78,6 +78,11 @@ class Split:
     seen: dict[int, np.ndarray] = field(default_factory=dict)
     recent: dict[int, list[int]] = field(default_factory=dict)
     popularity: np.ndarray | None = None  # items by all-time count, descending
+    profiles: dict[int, dict[str, Any]] = field(default_factory=dict)  # user_profile features (what serving reads)
+
+    def query(self, user: int) -> RecallQuery:
+        return RecallQuery(user_id=user, now_ms=self.cut_ms, recent_items=tuple(self.recent.get(user, ())),
+                           user_features=self.profiles.get(user, {}))
 
 
 def _ms(col: pa.ChunkedArray) -> np.ndarray:
@@ -119,6 +124,17 @@ def make_split(name: str, history: pa.Table, target: pa.Table) -> Split:
     counts.sort(key=lambda d: (-d["counts"], d["values"]))
     s.popularity = np.array([d["values"] for d in counts], dtype=np.int64)
     return s
+
+
+def _profiles(users: pa.Table) -> dict[int, dict[str, Any]]:
+    """The user_profile features the service would read (config/features.py: zip_prefix = first ZIP character)."""
+    out: dict[int, dict[str, Any]] = {}
+    for row in users.to_pylist():
+        out[int(row["user_id"])] = {
+            "user_profile:age": row["age"], "user_profile:gender": row["gender"],
+            "user_profile:occupation": row["occupation"], "user_profile:zip_prefix": (row["zip_code"] or "")[:1] or None,
+        }
+    return out
 
 
 def metrics(lists: Mapping[int, np.ndarray], split: Split, ks: Sequence[int] = KS) -> dict[str, float]:
@@ -217,7 +233,7 @@ class Bench:
             ch = make(client)
             out: dict[int, ChannelResult] = {}
             for u in split.users:
-                q = RecallQuery(user_id=u, now_ms=split.cut_ms, recent_items=tuple(split.recent.get(u, ())))
+                q = split.query(u)
                 applicable = getattr(ch, "applicable", None)
                 if applicable is not None and not applicable(q):
                     out[u] = ChannelResult.empty()
@@ -260,7 +276,7 @@ class Bench:
     async def _run_plain(self, ch: Any, split: Split, kmax: int) -> dict[int, ChannelResult]:
         out: dict[int, ChannelResult] = {}
         for u in split.users:
-            q = RecallQuery(user_id=u, now_ms=split.cut_ms, recent_items=tuple(split.recent.get(u, ())))
+            q = split.query(u)
             out[u] = await ch.recall(q, kmax + len(split.seen.get(u, ())) + len(q.recent_items))
         return out
 
@@ -301,8 +317,7 @@ def merged_lists(answers: Mapping[str, Mapping[int, ChannelResult]], split: Spli
     async def run() -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
         for u in split.users:
-            q = RecallQuery(user_id=u, now_ms=split.cut_ms, recent_items=tuple(split.recent.get(u, ())))
-            res = await merger.recall(q, k, exclude=split.seen.get(u, np.empty(0, np.int64)))
+            res = await merger.recall(split.query(u), k, exclude=split.seen.get(u, np.empty(0, np.int64)))
             out[u] = res.items
         return out
 
@@ -354,6 +369,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
     train, valid, test = temporal_split(ratings, (0.8, 0.1, 0.1))
     v_split = make_split("valid", train, valid)
     t_split = make_split("test", pa.concat_tables([train, valid]), test)
+    profiles = _profiles(pq.read_table(paths.users))
+    v_split.profiles = t_split.profiles = profiles
     _step(f"MovieLens-100K: {ratings.num_rows} ratings; valid users {len(v_split.users)}, test users {len(t_split.users)}")
     with Stack(config, kafka=False) as stack:
         client = redis_client(stack.redis_url, config.redis)
