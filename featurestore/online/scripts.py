@@ -40,7 +40,7 @@ return n
 # (hop micros, slots), per list (keep, span micros, entry size: 16, or 0 for length-prefixed strings).
 # State hash fields: "<topic>:<partition>" -> highest applied offset; "bt" -> batch through (micros,
 # exclusive: the batch wrote every event before it); "sf" -> stream from (the oldest event time the stream
-# applied). A slot is [tile_start '<i8', count '<i8', per summed column: sum '<d', non-null count '<i8'];
+# applied); "w" -> the batch wrote the entity's values (with "sf": whether any ring or list may exist). A slot is [tile_start '<i8', count '<i8', per summed column: sum '<d', non-null count '<i8'];
 # all-zero = empty. List entries are ('<i8' ts, 8 value bytes) or ('<i8' ts, '<I4' n, n bytes), oldest first.
 
 _CONFIG = r"""
@@ -99,40 +99,54 @@ local applied, late, dup, covered = 0, 0, 0, 0
 local oldest = nil
 local e = 0
 local nargs = #ARGV
-local unpack8 = struct.unpack
+local unpack8, pack8 = struct.unpack, struct.pack
+local slotfmt = '<i8i8' .. string.rep('di8', nsum)
+local sv, sf_ = {}, {}  -- one event's summed values and null flags
+local cache, dirty, missing = {}, {}, {}  -- per ring: slot -> unpacked slot, slot -> true; ring key absent
+for i = 1, k do cache[i] = {}; dirty[i] = {} end
+local lts, lents, lstr, ldirty, lv = {}, {}, {}, {}, {}
 while a <= nargs do
   local field, blob = ARGV[a], ARGV[a + 1]
   a = a + 2
   local base = e * g
   e = e + 1
   local state = KEYS[base + 1]
-  local top, bt, sf
+  local top, bt, sf, w
   if field ~= '' then
-    local r = redis.call('HMGET', state, field, 'bt', 'sf')
-    top, bt, sf = tonumber(r[1]) or -1, tonumber(r[2]), tonumber(r[3])
+    local r = redis.call('HMGET', state, field, 'bt', 'sf', 'w')
+    top, bt, sf, w = tonumber(r[1]) or -1, tonumber(r[2]), tonumber(r[3]), r[4]
   else
-    local r = redis.call('HMGET', state, 'bt', 'sf')
-    top, bt, sf = -1, tonumber(r[1]), tonumber(r[2])
+    local r = redis.call('HMGET', state, 'bt', 'sf', 'w')
+    top, bt, sf, w = -1, tonumber(r[1]), tonumber(r[2]), r[3]
   end
+  local fresh = not (w or sf)  -- neither path wrote this entity yet: no ring or list to read
   if bt_arg and (not bt or bt_arg > bt) then bt = bt_arg end
-  local cache, dirty, short = {}, {}, {}
-  for i = 1, k do cache[i] = {}; dirty[i] = {} end
-  local lts, lents, ldirty = {}, {}, {}
+  -- per-entity scratch tables are reused (cleared), not re-created: less garbage for Lua's collector
+  for i = 1, k do
+    local ci, di = cache[i], dirty[i]
+    for sl in pairs(di) do di[sl] = nil end
+    for sl in pairs(ci) do ci[sl] = nil end
+    missing[i] = fresh
+  end
+  for j = 1, m do lts[j] = nil; lents[j] = nil; lstr[j] = nil; ldirty[j] = false end
   local newtop, eold = top, nil
   local p = 1
   local nb = #blob
   while p <= nb do
     local off, ts = unpack8('<i8i8', blob, p)
-    local vpos = p + 16
-    p = vpos + 9 * nsum
-    local lv = {}
-    for j = 1, m do
-      if esize[j] > 0 then
-        if string.byte(blob, p) == 1 then lv[j] = string.sub(blob, p + 1, p + 8) else lv[j] = false end
-        p = p + 9
-      else
-        local n = unpack8('<i4', blob, p)
-        if n >= 0 then lv[j] = string.sub(blob, p + 4, p + 3 + n); p = p + 4 + n else lv[j] = false; p = p + 4 end
+    p = p + 16
+    for c = 1, nsum do
+      sf_[c], sv[c], p = unpack8('<Bd', blob, p)
+    end
+    if m > 0 then
+      for j = 1, m do
+        if esize[j] > 0 then
+          if string.byte(blob, p) == 1 then lv[j] = string.sub(blob, p + 1, p + 8) else lv[j] = false end
+          p = p + 9
+        else
+          local n = unpack8('<i4', blob, p)
+          if n >= 0 then lv[j] = string.sub(blob, p + 4, p + 3 + n); p = p + 4 + n else lv[j] = false; p = p + 4 end
+        end
       end
     end
     if field ~= '' and off <= top then
@@ -146,46 +160,54 @@ while a <= nargs do
         local h = hop[i]
         local t0 = ts - ts % h
         local sl = (t0 / h) % slots[i]
-        local cur = cache[i][sl]
-        if cur == nil then
-          local pos = sl * slot_size
-          cur = redis.call('GETRANGE', KEYS[base + 1 + i], pos, pos + slot_size - 1)
-          if #cur < slot_size then short[i] = true; cur = '' end
-          cache[i][sl] = cur
+        local ci = cache[i]
+        local v = ci[sl]  -- the slot unpacked: {tile_start, count, sum 1, non-null 1, ..}, or false: empty
+        if v == nil then
+          v = false
+          if not missing[i] then
+            local pos = sl * slot_size
+            local cur = redis.call('GETRANGE', KEYS[base + 1 + i], pos, pos + slot_size - 1)
+            if #cur < slot_size then missing[i] = true else v = {unpack8(slotfmt, cur)} end  -- no ring yet
+          end
+          ci[sl] = v
         end
-        local told = 0
-        if cur ~= '' then told = unpack8('<i8', cur) end
-        if told > t0 then
+        if v and v[1] > t0 then
           is_late = true
         else
-          local count = 1
-          local same = cur ~= '' and told == t0
-          if same then count = unpack8('<i8', cur, 9) + 1 end
-          local parts = {struct.pack('<i8i8', t0, count)}
-          for c = 1, nsum do
-            local flag, v = unpack8('<Bd', blob, vpos + (c - 1) * 9)
-            local sum, nn = 0.0, 0
-            if same then sum, nn = unpack8('<di8', cur, 17 + (c - 1) * 16) end
-            if flag == 1 then sum = sum + v; nn = nn + 1 end
-            parts[c + 1] = struct.pack('<di8', sum, nn)
+          if not v or v[1] < t0 then
+            v = {t0, 0}
+            for c = 1, nsum do v[1 + 2 * c] = 0.0; v[2 + 2 * c] = 0 end
+            ci[sl] = v
           end
-          cache[i][sl] = table.concat(parts)
+          v[2] = v[2] + 1
+          for c = 1, nsum do
+            if sf_[c] == 1 then v[1 + 2 * c] = v[1 + 2 * c] + sv[c]; v[2 + 2 * c] = v[2 + 2 * c] + 1 end
+          end
           dirty[i][sl] = true
         end
       end
       for j = 1, m do
         local v = lv[j]
         if v then
-          if lts[j] == nil then
-            lts[j], lents[j] = parse_list(redis.call('GET', KEYS[base + 1 + k + j]) or '', esize[j])
+          local ej = esize[j]
+          if ej > 0 then  -- fixed-size entries: string operations, no parsing
+            local L = lstr[j]
+            if L == nil then
+              if fresh then L = '' else L = redis.call('GET', KEYS[base + 1 + k + j]) or '' end
+            end
+            local q = #L / ej
+            while q > 0 and unpack8('<i8', L, (q - 1) * ej + 1) > ts do q = q - 1 end
+            lstr[j] = string.sub(L, 1, q * ej) .. pack8('<i8', ts) .. v .. string.sub(L, q * ej + 1)
+          else
+            if lts[j] == nil then
+              lts[j], lents[j] = parse_list(fresh and '' or (redis.call('GET', KEYS[base + 1 + k + j]) or ''), 0)
+            end
+            local tsj, entj = lts[j], lents[j]
+            local q = #tsj
+            while q > 0 and tsj[q] > ts do q = q - 1 end
+            table.insert(tsj, q + 1, ts)
+            table.insert(entj, q + 1, pack8('<i8I4', ts, #v) .. v)
           end
-          local tsj, entj = lts[j], lents[j]
-          local entry
-          if esize[j] > 0 then entry = struct.pack('<i8', ts) .. v else entry = struct.pack('<i8I4', ts, #v) .. v end
-          local q = #tsj
-          while q > 0 and tsj[q] > ts do q = q - 1 end
-          table.insert(tsj, q + 1, ts)
-          table.insert(entj, q + 1, entry)
           ldirty[j] = true
         end
       end
@@ -196,22 +218,40 @@ while a <= nargs do
   end
   for i = 1, k do
     local key = KEYS[base + 1 + i]
-    if next(dirty[i]) ~= nil then
-      if short[i] then
-        local full = slots[i] * slot_size
-        if redis.call('STRLEN', key) < full then redis.call('SETRANGE', key, full - 1, '\0') end
-      end
-      for sl, _ in pairs(dirty[i]) do redis.call('SETRANGE', key, sl * slot_size, cache[i][sl]) end
+    local di = dirty[i]
+    if next(di) ~= nil then
+      if missing[i] then redis.call('SETRANGE', key, slots[i] * slot_size - 1, '\0') end  -- a new ring, zeros
+      local ci = cache[i]
+      for sl, _ in pairs(di) do redis.call('SETRANGE', key, sl * slot_size, pack8(slotfmt, unpack(ci[sl], 1, 2 + 2 * nsum))) end
     end
   end
   for j = 1, m do
-    if ldirty[j] then redis.call('SET', KEYS[base + 1 + k + j], trim_list(lts[j], lents[j], keep[j], span[j])) end
+    if ldirty[j] then
+      local L
+      local ej = esize[j]
+      if ej > 0 then
+        L = lstr[j]
+        local n = #L / ej
+        local first = math.max(1, n - keep[j] + 1)
+        local limit = unpack8('<i8', L, (n - 1) * ej + 1) - span[j]
+        while first <= n and unpack8('<i8', L, (first - 1) * ej + 1) < limit do first = first + 1 end
+        if first > 1 then L = string.sub(L, (first - 1) * ej + 1) end
+      else
+        L = trim_list(lts[j], lents[j], keep[j], span[j])
+      end
+      redis.call('SET', KEYS[base + 1 + k + j], L)
+    end
   end
-  if field ~= '' and newtop > top then redis.call('HSET', state, field, string.format('%d', newtop)) end
-  if eold ~= nil then
-    if sf == nil or eold < sf then redis.call('HSET', state, 'sf', string.format('%d', eold)) end
-    if oldest == nil or eold < oldest then oldest = eold end
+  local move_top = field ~= '' and newtop > top
+  local move_sf = eold ~= nil and (sf == nil or eold < sf)
+  if move_top and move_sf then
+    redis.call('HSET', state, field, string.format('%d', newtop), 'sf', string.format('%d', eold))
+  elseif move_top then
+    redis.call('HSET', state, field, string.format('%d', newtop))
+  elseif move_sf then
+    redis.call('HSET', state, 'sf', string.format('%d', eold))
   end
+  if eold ~= nil and (oldest == nil or eold < oldest) then oldest = eold end
 end
 return {applied, late, dup, covered, oldest or -1}
 """
@@ -292,7 +332,8 @@ while a <= nargs do
       end
       if merged ~= old then redis.call('SET', key, merged); any = true end
     end
-    if C and bt ~= c then redis.call('HSET', KEYS[base + 1], 'bt', string.format('%d', c)) end
+    if C and bt ~= c then redis.call('HSET', KEYS[base + 1], 'bt', string.format('%d', c), 'w', '1')
+    elseif any then redis.call('HSET', KEYS[base + 1], 'w', '1') end
     if any then changed = changed + 1 end
   end
   a = a + k + m

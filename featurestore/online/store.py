@@ -59,7 +59,7 @@ OnlineView = FeatureView | WindowedFeatureView
 _SEND_GROUP = 4  # commands packed and sent together by OnlineStore._send
 SCRIPT_ROWS = 1000  # rows per SET_IF_NEWER call (Lua's unpack() limit is ~8,000 values)
 TILE_SCRIPT_ARGS = 3000  # ARGV values per PUT_STATE call
-EVENTS_PER_CALL = 500  # events per ADD_EVENTS call: bounds how long one call blocks the server
+EVENTS_PER_CALL = 100  # events per ADD_EVENTS call: short calls (Lua's collector walks a call's live arguments)
 _NAT = np.iinfo(np.int64).min
 
 
