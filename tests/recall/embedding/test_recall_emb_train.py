@@ -15,7 +15,7 @@ from recall.embedding.spec import DATASETS
 def test_metrics_beat_popularity_and_loss_falls(trained: Any, train_kwargs: dict[str, Any]) -> None:
     m = trained.metrics
     assert m["train_interactions"] > 10_000 and m["n_items"] == 300
-    assert m["next_item_events"] == train_kwargs["max_eval_events"]
+    assert 100 < m["next_item_events"] <= train_kwargs["max_eval_events"]  # repeats of seen items are not targets
     # The synthetic users click by taste: the towers must find it, well beyond the popularity prior.
     assert m["next_item_hr@20"] > m["next_item_hr@20_popularity"] + 0.04, m
     assert m["user_recall@20"] > m["user_recall@20_popularity"] + 0.1, m
