@@ -45,13 +45,14 @@ item 7, age 7) lands on unrelated rows, and two values that collide in one
 field do not collide in another. A missing value (NULL, absent entity) hashes
 the sentinel ``"\\x00<missing>"`` in its field: a learned per-field "missing"
 embedding. Collisions are not resolved: colliding values share a row (the
-hashing trick); the bucket count keeps them rare. Measured on MovieLens-100K
-(:meth:`FeatureEncoder.collision_report`, every distinct (vocabulary, value)
-of the training split, 100,003 buckets): see ``ranking/README`` numbers in the
-training report -- about 2.8 % of the ~2.9k distinct values share a row with
-another value; the expected share for ``k`` values in ``B`` buckets is
-``1 - exp(-k / B)``, so a vocabulary of 100k ids (a large catalogue) would need
-~5M buckets for the same rate (raise ``ranking.hash_buckets``).
+hashing trick); the bucket count keeps them rare. Measured with
+:meth:`FeatureEncoder.collision_report` at the default 100,003 buckets, target
+< 3 %: MovieLens-100K, every rating, has 2,849 distinct (vocabulary, value)
+pairs, of which 72 (2.5 %; 2.2 % on the training split) share a row with
+another pair; within a vocabulary 8 of 943 users (0.8 %) and 22 of 1,682
+items (1.3 %) collide. The expected share for ``k`` values in ``B`` buckets is
+``1 - exp(-k / B)`` (2.8 % here), so a catalogue of 100k synthetic items needs
+~3.3M buckets (``ranking.hash_buckets``) to stay under 3 %.
 
 Two entry points, one output
 ----------------------------
@@ -140,9 +141,13 @@ class _Hasher:
             return rows[inverse.reshape(-1)]
         if isinstance(values, np.ndarray) and values.dtype.kind == "b":
             return self.ids(values.astype(np.int64))
-        lookup = self._lookup
-        out = np.fromiter((lookup(v) for v in values), dtype=np.int64, count=len(values))
-        return out
+        cache = self.cache
+        try:
+            for v in set(values).difference(cache):  # each new distinct value hashed once
+                self._lookup(v)
+        except TypeError:  # unhashable values (lists): hash one by one
+            return np.fromiter((self._lookup(v) for v in values), dtype=np.int64, count=len(values))
+        return np.fromiter(map(cache.__getitem__, values), dtype=np.int64, count=len(values))
 
 
 def _canonical(value: Any) -> str:
@@ -231,7 +236,8 @@ class FeatureEncoder:
                 raise EncodingError(f"feature {rf.ref!r} has type {dt.value}: the ranking encoder does not encode it")
         enc = cls(resolved.name, resolved.fingerprint, int(hash_buckets), fields,
                   settings={"max_seq_len": max_seq_len, "max_bag_len": max_bag_len,
-                            "categorical_max_cardinality": categorical_max_cardinality})
+                            "categorical_max_cardinality": categorical_max_cardinality,
+                            "sources": [*keys, *(rf.ref for rf in resolved.features)]})
         enc._link_queries()
         return enc
 
@@ -251,8 +257,10 @@ class FeatureEncoder:
         limit = int(self.settings.get("categorical_max_cardinality", 128))
         out: list[FieldSpec] = []
         extra_cats: list[FieldSpec] = []
-        for f in self.fields:
-            if f.kind in ("num",) or f.kind == "bag":
+        numeric = {f.source for f in self.fields if f.kind == "num"}
+        base = [f for f in self.fields if not (f.kind == "cat" and f.source in numeric)]  # refitting starts afresh
+        for f in base:
+            if f.kind in ("num", "bag"):
                 if f.column not in table.column_names:
                     raise EncodingError(f"training table lacks column {f.column!r} (feature {f.source!r})")
             if f.kind == "num":
@@ -275,17 +283,9 @@ class FeatureEncoder:
             else:
                 out.append(f)
         # Layout: cat fields (keys, strings, low-cardinality ints) in schema order, then the rest.
-        cats = [f for f in out if f.kind == "cat"]
-        cat_sources = {f.source for f in extra_cats}
-        ordered_cats: list[FieldSpec] = []
-        extra = {f.source: f for f in extra_cats}
-        for f in out:
-            if f.kind == "cat":
-                ordered_cats.append(f)
-            elif f.kind == "num" and f.source in cat_sources:
-                ordered_cats.append(extra[f.source])
-        del cats
-        self.fields = ordered_cats + [f for f in out if f.kind != "cat"]
+        order = {src: i for i, src in enumerate(self.settings.get("sources") or [f.source for f in out])}
+        cats = sorted([f for f in out if f.kind == "cat"] + extra_cats, key=lambda f: order.get(f.source, len(order)))
+        self.fields = cats + sorted([f for f in out if f.kind != "cat"], key=lambda f: order.get(f.source, len(order)))
         self.fitted = True
         self._hashers = {}
         return self
@@ -592,18 +592,17 @@ class _OnlineReader(_Reader):
         if isinstance(col, np.ndarray) and col.ndim == 2:  # fixed-length lists
             return col.reshape(-1), np.full(self.n, col.shape[1], dtype=np.int64), None
         # Rows holding the same object (one user's history broadcast to every candidate) are flattened once.
-        first: dict[int, int] = {}
-        row_of = np.empty(self.n, dtype=np.int64)
-        uniq: list[Any] = []
-        for i, v in enumerate(col):
-            k = id(v)
-            j = first.get(k)
-            if j is None:
-                j = first[k] = len(uniq)
-                uniq.append(v)
-            row_of[i] = j
+        ids = list(map(id, col))
+        by_id = dict(zip(ids, col))
+        if len(by_id) == len(ids):
+            uniq = list(col)
+            row_of = None
+        else:
+            position = {k: j for j, k in enumerate(by_id)}
+            uniq = list(by_id.values())
+            row_of = np.fromiter(map(position.__getitem__, ids), dtype=np.int64, count=len(ids))
         ulen = np.fromiter((0 if v is None else len(v) for v in uniq), dtype=np.int64, count=len(uniq))
-        rows = None if len(uniq) == self.n else row_of
+        rows = row_of
         if ulen.sum() == 0:
             return np.zeros(0, dtype=np.int64), ulen, rows
         parts = [v for v in uniq if v is not None and len(v)]

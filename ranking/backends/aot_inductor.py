@@ -1,6 +1,6 @@
 """AOTInductor: ``model.pt2`` compiled ahead of time by ``cascade rank export`` (torch.export + Inductor, gcc).
 
-The package takes the inputs positionally in the manifest's order and has a
+The package takes the inputs as keyword arguments (the manifest's names) and has a
 dynamic batch axis (1 .. ``ranking.export.AOTI_MAX_BATCH``); larger batches
 are split by the scorer.
 """
@@ -36,7 +36,7 @@ class AOTInductorBackend:
     def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            out = self.runner(*(torch.from_numpy(arrays[n]) for n in self.names))
+            out = self.runner(**{n: torch.from_numpy(arrays[n]) for n in self.names})
         if isinstance(out, (list, tuple)):
             out = out[0]
         return out.numpy()

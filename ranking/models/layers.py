@@ -23,7 +23,7 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         d = in_dim
         for h in hidden:
-            layers += [nn.Linear(d, h), activation()]
+            layers += [nn.Linear(d, h), activation(inplace=True) if activation is nn.ReLU else activation()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             d = h

@@ -181,3 +181,8 @@ def test_offline_and_online_encodings_are_identical(offline_root: Path, repo, en
                                      {"event_ts": at}, now=at)
     d = encoder.encode_online(one)
     np.testing.assert_array_equal(d["seq_ids"], a["seq_ids"][: len(items)])
+
+
+def test_refitting_gives_the_same_layout(encoder: FeatureEncoder, training_table: pa.Table) -> None:
+    again = FeatureEncoder.from_json(encoder.to_json()).fit(training_table)
+    assert again.fields == encoder.fields

@@ -87,6 +87,14 @@ def test_din_ignores_padded_behaviours_and_does_not_normalise() -> None:
     torch.testing.assert_close((w2.unsqueeze(-1) * seq2).sum(1), 2 * pooled)
 
 
+def test_din_activation_unit_equals_the_concatenated_form() -> None:
+    torch.manual_seed(4)
+    model = DIN(LAYOUT, embedding_dim=4, mlp_hidden=(8,), dropout=0.0, attention_hidden=(6, 3)).eval()
+    unit = model.attention[0]
+    b, c = torch.randn(5, 7, 4), torch.randn(5, 4)
+    torch.testing.assert_close(unit(b, c), unit.concatenated(b, c), rtol=1e-5, atol=1e-6)
+
+
 def test_din_needs_a_sequence_with_a_candidate() -> None:
     with pytest.raises(ValueError, match="behaviour sequence"):
         DIN({**LAYOUT, "n_seq": 0, "seq_query": []})
