@@ -1,6 +1,7 @@
 """``cascade rank``: train, export and evaluate ranking models.
 
     cascade rank train --model deepfm|din [--feature-set NAME] [--epochs N] [--out DIR] [--set key=value ...]
+                       [--aot] [--int8] [--publish | --promote]
     cascade rank export ARTIFACT [--aot] [--int8]        add model.pt2 (AOTInductor) / model.int8.onnx
     cascade rank evaluate ARTIFACT [--backend NAME ...]  test-split AUC/logloss through the serving scorer
 
@@ -78,8 +79,15 @@ def cmd_train(args: argparse.Namespace, config: Any) -> int:
         manifest = read_manifest(final)
     print(result.summary(), file=sys.stderr)
     print(f"artifact: {manifest.path if manifest else out}", file=sys.stderr)
+    published = None
+    if (args.publish or args.promote) and manifest is not None:
+        from ranking.registry import ModelRegistry
+
+        published = ModelRegistry.from_config(config).publish(manifest.path, auto_promote=args.promote,
+                                                               reason="cascade rank train")
+        print(f"published {name}/{published}{' (live)' if args.promote else ''}", file=sys.stderr)
     _print_json({"artifact": str(manifest.path) if manifest else None, "version": manifest.version if manifest else None,
-                 "backends": manifest.backends if manifest else [], **result.metrics})
+                 "backends": manifest.backends if manifest else [], "published": published, **result.metrics})
     return 0
 
 
@@ -186,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a RankingConfig field for this run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--publish", action="store_true", help="register the artifact in the model registry (ranking.registry)")
+    p.add_argument("--promote", action="store_true", help="publish and make it live (unless automatic promotion is suspended)")
     e = sub.add_parser("export", help="add compiled/quantised files to an artifact")
     e.add_argument("artifact")
     e.add_argument("--aot", action="store_true", help="compile model.pt2 with AOTInductor")

@@ -95,12 +95,17 @@ def test_cli_train_and_evaluate(cfg, monkeypatch: pytest.MonkeyPatch, capsys: py
 
     monkeypatch.setattr(cascade.config, "get_config", lambda: cfg)
     sets = [f"--set={k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in TINY.items()]
-    assert cascade.cli.main(["rank", "train", "--model", "din", "--epochs", "1", "--quiet", "--name", "din_test", *sets]) == 0
+    assert cascade.cli.main(["rank", "train", "--model", "din", "--epochs", "1", "--quiet", "--name", "din_test",
+                             "--promote", *sets]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from ranking.registry import ModelRegistry
+
+    registry = ModelRegistry.from_config(cfg)
+    assert out["published"] == out["version"] and registry.live("din_test").version == out["version"]
     artifact = Path(out["artifact"])
     assert artifact.parent == cfg.paths.artifacts_dir / cfg.ranking.artifacts_subdir / "din_test"
     assert artifact.name == out["version"] and out["version"].startswith("din-")
-    assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".")]
+    assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".staging")]
     assert cascade.cli.main(["rank", "evaluate", str(artifact), "--backend", "eager", "--backend", "onnxruntime"]) == 0
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ev["feature_set_matches"] is True
