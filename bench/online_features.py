@@ -7,6 +7,14 @@ status matrix) against a raw pipelined MGET of the same pre-built keys on the
 same server in the same run, alternating the two so both see the same machine
 state. It also re-measures the three candidate layouts (`compare_layouts`) whose
 numbers are recorded in `featurestore/online/__init__.py`.
+
+Windowed case (`windowed_case`): 1,000 items per request of an `item_popularity`-like
+view (count and mean of the rating over 1d / 7d / 30d, default hops 1h / 6h / 1d:
+three fixed-width rings of 25, 29 and 31 slots per item, back to back in one
+2,720-byte string), every slot of every ring holding a live tile (the worst case),
+written with `OnlineStore.write_tiles`; `OnlineStore.read` (1,000 keys in one
+MGET round trip, one frombuffer, window sums as matrix products) alternates with
+a raw MGET of the same number of keys of the same size.
 """
 
 from __future__ import annotations
@@ -25,7 +33,16 @@ import pyarrow as pa
 
 from bench.stats import percentiles, rate
 from cascade.config import Config
-from featurestore.definitions import Entity, Feature, FeatureView, ParquetSource, ValueType
+from featurestore.definitions import (
+    Aggregation,
+    AggregationFunction,
+    Entity,
+    Feature,
+    FeatureView,
+    ParquetSource,
+    ValueType,
+    WindowedFeatureView,
+)
 from featurestore.online import OnlineStore
 from featurestore.online.store import SCRIPT_ROWS
 from stack import Stack
@@ -259,6 +276,112 @@ def compare_layouts(client, project: str, n_entities: int = 1000, n_features: in
     return res
 
 
+# ------------------------------------------------------------------ windowed
+
+DAY = timedelta(days=1)
+
+
+def popularity_view(name: str = "bench_item_popularity") -> WindowedFeatureView:
+    """As `config.features.item_popularity`: count and mean of the rating over 1d/7d/30d, default hops."""
+    windows = (DAY, 7 * DAY, 30 * DAY)
+    return WindowedFeatureView(name, (Entity("item", ("item_id",)),), ParquetSource("ratings.parquet"), (
+        Aggregation(AggregationFunction.COUNT, windows, name="rating_count"),
+        Aggregation(AggregationFunction.MEAN, windows, column="rating"),
+    ))
+
+
+def full_rings_table(view: WindowedFeatureView, items: np.ndarray, now: datetime, seed: int = 0) -> pa.Table:
+    """A tiles table (as `OfflineStore.tiles(ring=True)`) in which every ring slot of every item is a live tile."""
+    rng = np.random.default_rng(seed)
+    now_us = int(now.timestamp() * 1e6)
+    parts = []
+    for hop, longest in view.hop_windows().items():
+        h = int(hop.total_seconds() * 1e6)
+        slots = int(longest / hop) + 1
+        starts = now_us - now_us % h - np.arange(slots, dtype=np.int64) * h
+        n = len(items) * slots
+        count = rng.integers(0, 6, n)
+        parts.append(pa.table({
+            "item_id": pa.array(np.repeat(items, slots)),
+            "hop": pa.array(np.full(n, h, dtype=np.int64)).cast(pa.duration("us")),
+            "tile_start": pa.array(np.tile(starts, len(items))).cast(pa.timestamp("us", "UTC")),
+            "count": pa.array(count),
+            "rating_sum": pa.array(count * 3.5),
+            "rating_count": pa.array(count),
+        }))
+    return pa.concat_tables(parts)
+
+
+def windowed_case(client: Any, project: str, quick: bool) -> dict[str, Any]:
+    population = 20_000 if quick else 100_000
+    requests = 300 if quick else 2000
+    store = OnlineStore(client, project)
+    view = popularity_view()
+    now = datetime(2025, 3, 1, 12, 30, tzinfo=timezone.utc)
+    _step(f"windowed: writing full 1h/6h/1d rings of {population:,} items")
+    t0 = time.perf_counter()
+    written = 0
+    for s0 in range(0, population, 10_000):
+        items = np.arange(s0, min(population, s0 + 10_000), dtype=np.int64)
+        written += store.write_tiles(view, full_rings_table(view, items, now, seed=s0),
+                                     through=int(now.timestamp() * 1e6) + 1)
+    write_s = time.perf_counter() - t0
+    assert written == population
+    plan = store.plan(view)
+    info = store.info(view)
+    tc = info.tiles
+    rng = random.Random(11)
+    samples = [rng.sample(range(population), BATCH) for _ in range(requests)]
+    raw_keys = [[f"{info.prefix}{i}}}{tc.numeric_suffix}" for i in s] for s in samples]
+    step_keys = 2000
+    conn = client.connection_pool.get_connection()
+
+    def raw_mget(keys: list[str]) -> list:
+        chunks = [keys[i: i + step_keys] for i in range(0, len(keys), step_keys)]
+        conn.send_packed_command([b"".join(pack_command(("MGET", *ck)) for ck in chunks)])
+        return [conn.read_response() for _ in chunks]
+
+    # sanity: the 1d count of an item is the sum of its 24 newest 1-hour tiles
+    table = full_rings_table(view, np.arange(0, 10_000, dtype=np.int64), now, seed=0)
+    hop_us = table.column("hop").cast(pa.int64()).to_numpy()
+    mine = (table.column("item_id").to_numpy() == 5) & (hop_us == 3_600_000_000)
+    starts = table.column("tile_start").cast(pa.int64()).to_numpy()[mine]
+    counts = table.column("count").to_numpy()[mine]
+    assert int(store.read(plan, [5], now=now).column("rating_count_1d")[0]) == int(counts[np.argsort(starts)][-24:].sum())
+    for i in range(30):
+        store.read(plan, samples[i], now=now)
+        raw_mget(raw_keys[i])
+    _step(f"windowed: timing {requests} requests of {BATCH} items (ours vs raw MGET of the same keys)")
+    gc.collect()
+    ours, raw = [], []
+    n = len(samples)
+    for i in range(n):
+        pair = [("ours", lambda: store.read(plan, samples[i], now=now)), ("raw", lambda: raw_mget(raw_keys[(i + n // 2) % n]))]
+        for name, fn in (pair if i % 2 else pair[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            (ours if name == "ours" else raw).append(time.perf_counter() - t0)
+    client.connection_pool.release(conn)
+    res = store.read(plan, samples[0], now=now)
+    assert res.column("rating_count_30d").shape == (BATCH,)
+    decode = _timed(lambda: store.read(plan, samples[1], now=now), 50)
+    bytes_per_item = tc.numeric_bytes
+    out = {
+        "windowed_population_items": population,
+        "windowed_requests": requests,
+        "windowed_keys_per_item": 1,
+        "windowed_ring_slots": [r.slots for r in tc.rings],
+        "windowed_bytes_per_item": bytes_per_item,
+        **{f"windowed_read_{k}": v for k, v in percentiles(ours).items()},
+        **{f"windowed_raw_mget_{k}": v for k, v in percentiles(raw).items()},
+        "windowed_ratio_to_raw_mget": float(np.sum(raw) / np.sum(ours)),
+        "windowed_read_min_ms": float(min(decode) * 1e3),
+        "windowed_write_items_per_s": rate(population, write_s),
+        "windowed_goal_p50_ms": 5.0,
+    }
+    return out
+
+
 # ------------------------------------------------------------------ main bench
 
 def run(quick: bool, config: Config) -> dict[str, Any]:
@@ -334,6 +457,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         two = _timed(lambda: store.read(plan2, samples[2], now=now), 300 if quick else 1000)
         _step("comparing layouts (a) hash/feature, (b) string/view MGET, (c) hash/field per view")
         layouts = compare_layouts(client, project + "L", reps=100 if quick else 300, population=10_000)
+        windowed = windowed_case(client, project + "W", quick)
         client.close()
 
     values = BATCH * N_FEATURES
@@ -359,6 +483,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         "goal_p99_ms": 2.0,
         "goal_ratio": 0.5,
         "layouts": layouts,
+        **windowed,
         "method": [
             f"embedded valkey-server, one client connection, Python {'.'.join(map(str, __import__('sys').version_info[:3]))}",
             f"{population:,} entities x {N_FEATURES} FLOAT64 features written via OnlineStore.write_rows",
@@ -369,6 +494,10 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             "values/s = entities x features x requests / summed latency; ratio = ours / raw",
             "layouts: 10k entities, reads of 1,000 random entities decoded into numpy columns; writes idempotent "
             "(compare event_ts server-side)",
+            "windowed: item_popularity-like view (count + mean over 1d/7d/30d, hops 1h/6h/1d: rings of 25/29/31 "
+            "32-byte slots back to back, one 2,720-byte string per item), every slot live, written by write_tiles; "
+            "each round OnlineStore.read of 1,000 random items (6 features, status, event time) alternates with a "
+            "raw MGET of another 1,000 items' keys (hiredis-packed, one connection, no decode)",
         ],
     }
     return figures

@@ -26,7 +26,7 @@ value with a declared default is served as DEFAULTED holding the default; one
 without a default as NOT_FOUND (or OUTSIDE_MAX_AGE) with no value. A window with
 no event is DEFAULTED (its default, e.g. a count of 0) or, without a default
 (a mean), NULL_VALUE. ``event_timestamp_ms`` is the stored row's time (the
-newest tile's start for a window, the serving time for request features), also
+newest tile start -- or last-N value time -- inside the view's windows, the serving time for request features), also
 for a stale row served as its default; 0 when no row was found or the window is empty.
 
 Request context. ``GetOnlineFeaturesRequest`` has no request-context field yet;

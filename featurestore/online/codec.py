@@ -397,7 +397,7 @@ class Ring:
 
     hop_us: int
     slots: int  # longest window with this hop / hop + 1
-    suffix: str  # key suffix, ":h<hop seconds>"
+    offset: int  # byte offset of the ring in the entity's numeric string
 
 
 @dataclass(frozen=True)
@@ -417,16 +417,18 @@ class LastList:
 
 
 class TileCodec:
-    """A windowed view's online state per entity: a binary ring per hop, a list per last-n column.
+    """A windowed view's online state per entity: a fixed-width ring per hop, a list per last-n column.
 
-    Ring (one Redis string per (view, entity, hop)): `slots` slots of
-    ``[tile_start '<i8' micros, count '<i8', per summed column: sum '<f8', non-null count '<i8']``,
-    the tile starting at t in slot ``(t / hop) mod slots``; an all-zero slot is empty
-    (tile_start 0 is never a live tile). Every ring of a view is
-    ``slots x slot_size`` bytes, so a read decodes 1,000 entities' rings with one
-    ``np.frombuffer``, and the streaming script updates one slot in place (GETRANGE/SETRANGE).
+    Rings: per hop of the view's COUNT/SUM/MEAN windows, `slots` (longest window with that hop / hop
+    + 1) slots of ``[tile_start '<i8' micros, count '<i8', per summed column: sum '<f8', non-null count
+    '<i8']``, the tile starting at t in slot ``(t / hop) mod slots``; an all-zero slot is empty
+    (tile_start 0 is never a live tile). An entity's rings lie back to back, finest hop first, in one
+    Redis string of fixed size (the ``:n`` key): a read decodes 1,000 entities with one
+    ``np.frombuffer``, and the streaming script updates one slot per ring in place (GETRANGE/SETRANGE
+    at the ring's offset). One string per entity rather than one per hop: measured, one MGET of 1,000
+    keys of 2,720 bytes took 3.9 ms where 3,000 keys of 800-990 bytes took 5.5 ms (item_popularity).
 
-    List (one Redis string per (view, entity, last-n column)): entries oldest first,
+    Lists (one Redis string per (view, entity, last-n column), ``:l<i>``): entries oldest first,
     ``('<i8' ts micros, '<i8'/'<f8' value)`` for INT64/FLOAT lists, ``('<i8' ts, '<u4' length,
     utf-8 bytes)`` for strings; ties on ts in arrival order. At most `keep` entries (the largest n
     of the column's aggregations), none older than the longest of its windows before the newest.
@@ -435,8 +437,15 @@ class TileCodec:
     def __init__(self, view: WindowedFeatureView) -> None:
         self.view = view
         hop_windows = view.hop_windows()
-        self.rings = tuple(Ring(td_micros(h), td_micros(w) // td_micros(h) + 1, f":h{int(h.total_seconds())}")
-                           for h, w in hop_windows.items())
+        rings, offset = [], 0
+        slot_size = 16 + 16 * len({a.column for a in view.aggregations
+                                   if a.function in (AggregationFunction.SUM, AggregationFunction.MEAN)})
+        for h, w in hop_windows.items():
+            slots = td_micros(w) // td_micros(h) + 1
+            rings.append(Ring(td_micros(h), slots, offset))
+            offset += slots * slot_size
+        self.rings = tuple(rings)
+        self.numeric_bytes = offset
         ring_index = {r.hop_us: i for i, r in enumerate(self.rings)}
         self.coarsest_hop_us = max(td_micros(h) for h in view.hops)
         sums: list[str] = []
@@ -472,7 +481,9 @@ class TileCodec:
             fields += [(f"s{k}", "<f8"), (f"n{k}", "<i8")]
         self.slot_dtype = np.dtype(fields)
         self.slot_size = self.slot_dtype.itemsize
-        self.suffixes = (":s", *(r.suffix for r in self.rings), *(lst.suffix for lst in self.lists))
+        assert self.slot_size == slot_size
+        self.numeric_suffix = ":n"
+        self.suffixes = (":s", *((":n",) if self.rings else ()), *(lst.suffix for lst in self.lists))
         self._entry_np = tuple(np.dtype([("ts", "<i8"), ("v", "<i8" if lst.dtype is ValueType.INT64_LIST else "<f8")])
                                if lst.entry_size else None for lst in self.lists)
 
@@ -480,7 +491,7 @@ class TileCodec:
         """The layout as the window scripts read it (`featurestore.online.scripts`)."""
         out = [len(self.rings), len(self.lists), self.slot_size, len(self.sum_columns), self.coarsest_hop_us]
         for r in self.rings:
-            out += [r.hop_us, r.slots]
+            out += [r.hop_us, r.slots, r.offset]
         for lst in self.lists:
             out += [lst.keep, lst.span_us, lst.entry_size]
         return out
@@ -531,7 +542,7 @@ class TileCodec:
         return self.rings[i].slots * self.slot_size
 
     def keys(self, base: str) -> list[str]:
-        """Every key of one entity (state hash, rings, lists), from its `window_entity_bases` base."""
+        """Every key of one entity (state hash, numeric rings when any, lists), from its `window_entity_bases` base."""
         return [base + s for s in self.suffixes]
 
     # -- last-n element bytes
@@ -577,8 +588,9 @@ class TileCodec:
 
     # -- batch encoding of a tiles table
     def encode_state(self, tiles: pa.RecordBatch | pa.Table, entity: np.ndarray, n_entities: int
-                     ) -> tuple[list[list[bytes]], list[list[bytes]]]:
-        """(per ring: one ring blob per entity, per list: one list blob per entity) of a tiles table.
+                     ) -> tuple[list[bytes], list[list[bytes]]]:
+        """(one numeric string (every ring) per entity, or [] without rings; per list: one list blob per entity)
+        of a tiles table.
 
         `entity`: the entity number (0 .. n_entities-1) of each row. Rows with a ``hop`` are tiles of
         that hop's ring (a tile older than another of the same entity in the same slot is dropped);
@@ -602,7 +614,6 @@ class TileCodec:
             bad = sorted(set(np.unique(hop_us).tolist()) - known)
             raise ValueError(f"{self.view.name}: tiles of hop {bad} us; the view's rings hop by "
                              f"{[r.hop_us for r in self.rings]} us")
-        rings_out: list[list[bytes]] = []
         tiled = hop_us >= 0
         if tiled.any():
             start_all = np.zeros(n, dtype=np.int64)
@@ -612,6 +623,7 @@ class TileCodec:
             sums_all = [(pc.fill_null(column(tiles, c + SUM_SUFFIX).cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False),
                          pc.fill_null(column(tiles, c + NONNULL_SUFFIX).cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
                         for c in self.sum_columns]
+        parts = []
         for ring in self.rings:
             arr = np.zeros((n_entities, ring.slots), dtype=self.slot_dtype)
             rows = np.flatnonzero(hop_us == ring.hop_us)
@@ -628,12 +640,15 @@ class TileCodec:
                 cell = arr[ent, slot]
                 cell["tile"] = start
                 cell["count"] = count_all[rows]
-                for k, (s, nn) in enumerate(sums_all):
-                    cell[f"s{k}"] = s[rows]
+                for k, (s_, nn) in enumerate(sums_all):
+                    cell[f"s{k}"] = s_[rows]
                     cell[f"n{k}"] = nn[rows]
                 arr[ent, slot] = cell
-            rings_out.append(np.frombuffer(arr.tobytes(), dtype=f"V{ring.slots * self.slot_size}").tolist()
-                             if n_entities else [])
+            parts.append(arr.view(np.uint8).reshape(n_entities, -1))
+        numeric: list[bytes] = []
+        if self.rings and n_entities:
+            whole = np.ascontiguousarray(np.concatenate(parts, axis=1))
+            numeric = np.frombuffer(whole.tobytes(), dtype=f"V{self.numeric_bytes}").tolist()
         lists_out: list[list[bytes]] = []
         for li, lst in enumerate(self.lists):
             blobs = [b""] * n_entities
@@ -654,14 +669,14 @@ class TileCodec:
                         entries = [e for e in entries if e[0] >= newest - lst.span_us][-lst.keep:]
                     blobs[int(entity[r])] = self.encode_list(li, entries)
             lists_out.append(blobs)
-        return rings_out, lists_out
+        return numeric, lists_out
 
     # -- decoding
-    def decode_ring(self, i: int, raw: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
-        """(present bool (N,), the rings as int64 (N, slots, slot words)) of ring `i` for N entities (absent:
+    def decode_rings(self, raw: Sequence[bytes | None]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(present bool (N,), per ring int64 (N, slots, slot words)) for N entities' numeric strings (absent:
         empty slots). Word 0 is tile_start, 1 count, then per summed column the sum (``.view(np.float64)``)
         and the non-null count."""
-        size = self.ring_bytes(i)
+        size = self.numeric_bytes
         try:
             buf = b"".join(raw)
             present = np.ones(len(raw), dtype=bool)
@@ -670,8 +685,11 @@ class TileCodec:
             present = np.fromiter((v is not None for v in raw), dtype=bool, count=len(raw))
             buf = b"".join([v if v is not None else zero for v in raw])
         if len(buf) != size * len(raw):
-            raise ValueError("stored ring of unexpected size: layout version mismatch")
-        return present, np.frombuffer(buf, dtype="<i8").reshape(len(raw), self.rings[i].slots, self.slot_size // 8)
+            raise ValueError("stored rings of unexpected size: layout version mismatch")
+        words = np.frombuffer(buf, dtype="<i8").reshape(len(raw), size // 8)
+        w = self.slot_size // 8
+        return present, [words[:, r.offset // 8: r.offset // 8 + r.slots * w].reshape(len(raw), r.slots, w)
+                         for r in self.rings]
 
     def decode_lists(self, li: int, raw: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(present (N,), offsets (N+1,) into the entries, entry ts (E,), entry values (E,) or list of str)."""

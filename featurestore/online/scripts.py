@@ -35,9 +35,10 @@ return n
 # ------------------------------------------------------------------------------------------ windows
 #
 # A windowed view's keys of one entity share a cluster slot (hash tag), and every script below gets them as
-# KEYS = [state hash, ring 1 .. ring k, list 1 .. list m] (`TileCodec.keys`), then the view's layout in ARGV
-# (`TileCodec.script_config`): k, m, slot size, number of summed columns, the coarsest hop (micros), per ring
-# (hop micros, slots), per list (keep, span micros, entry size: 16, or 0 for length-prefixed strings).
+# KEYS = [state hash, numeric rings (only when k > 0), list 1 .. list m] (`TileCodec.keys`), then the view's
+# layout in ARGV (`TileCodec.script_config`): k rings, m lists, slot size, number of summed columns, the
+# coarsest hop (micros), per ring (hop micros, slots, byte offset in the numeric string), per list (keep,
+# span micros, entry size: 16, or 0 for length-prefixed strings).
 # State hash fields: "<topic>:<partition>" -> highest applied offset; "bt" -> batch through (micros,
 # exclusive: the batch wrote every event before it); "sf" -> stream from (the oldest event time the stream
 # applied); "w" -> the batch wrote the entity's values (with "sf": whether any ring or list may exist). A slot is [tile_start '<i8', count '<i8', per summed column: sum '<d', non-null count '<i8'];
@@ -47,8 +48,11 @@ _CONFIG = r"""
 local k, m, slot_size, nsum, coarsest = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
   tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
 a = a + 5
-local hop, slots, keep, span, esize = {}, {}, {}, {}, {}
-for i = 1, k do hop[i] = tonumber(ARGV[a]); slots[i] = tonumber(ARGV[a + 1]); a = a + 2 end
+local hop, slots, roff, keep, span, esize = {}, {}, {}, {}, {}, {}
+for i = 1, k do hop[i] = tonumber(ARGV[a]); slots[i] = tonumber(ARGV[a + 1]); roff[i] = tonumber(ARGV[a + 2]); a = a + 3 end
+local kk = 0  -- keys of numeric rings per entity (one string holds every ring)
+local numeric_size = 0
+if k > 0 then kk = 1; numeric_size = roff[k] + slots[k] * slot_size end
 for j = 1, m do keep[j] = tonumber(ARGV[a]); span[j] = tonumber(ARGV[a + 1]); esize[j] = tonumber(ARGV[a + 2]); a = a + 3 end
 
 -- lists: parsed as (times, entry strings), oldest first
@@ -94,7 +98,7 @@ ADD_EVENTS = r"""
 local bt_arg = tonumber(ARGV[1])
 local a = 2
 """ + _CONFIG + r"""
-local g = 1 + k + m
+local g = 1 + kk + m
 local applied, late, dup, covered = 0, 0, 0, 0
 local oldest = nil
 local e = 0
@@ -102,7 +106,7 @@ local nargs = #ARGV
 local unpack8, pack8 = struct.unpack, struct.pack
 local slotfmt = '<i8i8' .. string.rep('di8', nsum)
 local sv, sf_ = {}, {}  -- one event's summed values and null flags
-local cache, dirty, missing = {}, {}, {}  -- per ring: slot -> unpacked slot, slot -> true; ring key absent
+local cache, dirty = {}, {}  -- per ring: slot -> unpacked slot; slot -> true
 for i = 1, k do cache[i] = {}; dirty[i] = {} end
 local lts, lents, lstr, ldirty, lv = {}, {}, {}, {}, {}
 while a <= nargs do
@@ -126,8 +130,9 @@ while a <= nargs do
     local ci, di = cache[i], dirty[i]
     for sl in pairs(di) do di[sl] = nil end
     for sl in pairs(ci) do ci[sl] = nil end
-    missing[i] = fresh
   end
+  local missing = fresh  -- the numeric string does not exist (yet)
+  local numkey = KEYS[base + 2]
   for j = 1, m do lts[j] = nil; lents[j] = nil; lstr[j] = nil; ldirty[j] = false end
   local newtop, eold = top, nil
   local p = 1
@@ -164,10 +169,10 @@ while a <= nargs do
         local v = ci[sl]  -- the slot unpacked: {tile_start, count, sum 1, non-null 1, ..}, or false: empty
         if v == nil then
           v = false
-          if not missing[i] then
-            local pos = sl * slot_size
-            local cur = redis.call('GETRANGE', KEYS[base + 1 + i], pos, pos + slot_size - 1)
-            if #cur < slot_size then missing[i] = true else v = {unpack8(slotfmt, cur)} end  -- no ring yet
+          if not missing then
+            local pos = roff[i] + sl * slot_size
+            local cur = redis.call('GETRANGE', numkey, pos, pos + slot_size - 1)
+            if #cur < slot_size then missing = true else v = {unpack8(slotfmt, cur)} end  -- no rings yet
           end
           ci[sl] = v
         end
@@ -193,14 +198,14 @@ while a <= nargs do
           if ej > 0 then  -- fixed-size entries: string operations, no parsing
             local L = lstr[j]
             if L == nil then
-              if fresh then L = '' else L = redis.call('GET', KEYS[base + 1 + k + j]) or '' end
+              if fresh then L = '' else L = redis.call('GET', KEYS[base + 1 + kk + j]) or '' end
             end
             local q = #L / ej
             while q > 0 and unpack8('<i8', L, (q - 1) * ej + 1) > ts do q = q - 1 end
             lstr[j] = string.sub(L, 1, q * ej) .. pack8('<i8', ts) .. v .. string.sub(L, q * ej + 1)
           else
             if lts[j] == nil then
-              lts[j], lents[j] = parse_list(fresh and '' or (redis.call('GET', KEYS[base + 1 + k + j]) or ''), 0)
+              lts[j], lents[j] = parse_list(fresh and '' or (redis.call('GET', KEYS[base + 1 + kk + j]) or ''), 0)
             end
             local tsj, entj = lts[j], lents[j]
             local q = #tsj
@@ -216,13 +221,16 @@ while a <= nargs do
       if eold == nil or ts < eold then eold = ts end
     end
   end
+  local padded = false
   for i = 1, k do
-    local key = KEYS[base + 1 + i]
     local di = dirty[i]
     if next(di) ~= nil then
-      if missing[i] then redis.call('SETRANGE', key, slots[i] * slot_size - 1, '\0') end  -- a new ring, zeros
-      local ci = cache[i]
-      for sl, _ in pairs(di) do redis.call('SETRANGE', key, sl * slot_size, pack8(slotfmt, unpack(ci[sl], 1, 2 + 2 * nsum))) end
+      if missing and not padded then  -- new rings: every slot empty (zeros)
+        redis.call('SETRANGE', numkey, numeric_size - 1, '\0')
+        padded = true
+      end
+      local ci, o = cache[i], roff[i]
+      for sl, _ in pairs(di) do redis.call('SETRANGE', numkey, o + sl * slot_size, pack8(slotfmt, unpack(ci[sl], 1, 2 + 2 * nsum))) end
     end
   end
   for j = 1, m do
@@ -239,7 +247,7 @@ while a <= nargs do
       else
         L = trim_list(lts[j], lents[j], keep[j], span[j])
       end
-      redis.call('SET', KEYS[base + 1 + k + j], L)
+      redis.call('SET', KEYS[base + 1 + kk + j], L)
     end
   end
   local move_top = field ~= '' and newtop > top
@@ -258,7 +266,8 @@ return {applied, late, dup, covered, oldest or -1}
 
 # KEYS: the keys (as above) of several entities, one group after the other. ARGV[1]: the cut C (micros,
 # exclusive: the batch state holds exactly the events before it; '' = unknown, record none); ARGV[2..]:
-# layout; then per entity: k whole ring blobs, m whole list blobs (what the batch computed as of C).
+# layout; then per entity: its whole numeric string (every ring; only when k > 0), m whole list blobs (what
+# the batch computed as of C).
 # Ownership: the stream owns every tile starting at or after floor(sf / coarsest hop) -- what it applied
 # there is the only copy -- and the batch everything before. So per entity, with
 # c = min(C, floor(sf / coarsest) * coarsest) (c = C without stream state):
@@ -273,7 +282,7 @@ PUT_STATE = r"""
 local C = tonumber(ARGV[1])
 local a = 2
 """ + _CONFIG + r"""
-local g = 1 + k + m
+local g = 1 + kk + m
 local changed = 0
 local e = 0
 local nargs = #ARGV
@@ -289,24 +298,26 @@ while a <= nargs do
   local skip = (C and bt and bt > C) or (bt and c < bt)
   if not skip then
     local any = false
-    for i = 1, k do
-      local new = ARGV[a + i - 1]
-      local key = KEYS[base + 1 + i]
+    if kk == 1 then
+      local new = ARGV[a]
+      local key = KEYS[base + 2]
       local old = redis.call('GET', key)
       local merged = new
       if sf then
         local parts = {}
         local keep_old = old and #old == #new
-        for s = 0, slots[i] - 1 do
-          local p = s * slot_size + 1
-          local tn = struct.unpack('<i8', new, p)
-          local to = 0
-          if keep_old then to = struct.unpack('<i8', old, p) end
-          if to >= c or tn >= c then
-            if keep_old then parts[s + 1] = string.sub(old, p, p + slot_size - 1)
-            else parts[s + 1] = string.rep('\0', slot_size) end
-          else
-            parts[s + 1] = string.sub(new, p, p + slot_size - 1)
+        for i = 1, k do
+          for sl = 0, slots[i] - 1 do
+            local p = roff[i] + sl * slot_size + 1
+            local tn = struct.unpack('<i8', new, p)
+            local to = 0
+            if keep_old then to = struct.unpack('<i8', old, p) end
+            if to >= c or tn >= c then
+              if keep_old then parts[#parts + 1] = string.sub(old, p, p + slot_size - 1)
+              else parts[#parts + 1] = string.rep('\0', slot_size) end
+            else
+              parts[#parts + 1] = string.sub(new, p, p + slot_size - 1)
+            end
           end
         end
         merged = table.concat(parts)
@@ -314,8 +325,8 @@ while a <= nargs do
       if merged ~= old then redis.call('SET', key, merged); any = true end
     end
     for j = 1, m do
-      local new = ARGV[a + k + j - 1]
-      local key = KEYS[base + 1 + k + j]
+      local new = ARGV[a + kk + j - 1]
+      local key = KEYS[base + 1 + kk + j]
       local old = redis.call('GET', key)
       local merged = new
       if sf and old then
@@ -336,7 +347,7 @@ while a <= nargs do
     elseif any then redis.call('HSET', KEYS[base + 1], 'w', '1') end
     if any then changed = changed + 1 end
   end
-  a = a + k + m
+  a = a + kk + m
   e = e + 1
 end
 return changed

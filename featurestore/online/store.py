@@ -102,7 +102,7 @@ class _ViewRead:
     info: _ViewInfo
     positions: tuple[int, ...]  # feature positions within the view
     offset: int  # first output column
-    parts: tuple[tuple[str, int], ...] = ()  # windowed: the ("ring", i) / ("list", j) values read
+    parts: tuple[tuple[str, int], ...] = ()  # windowed: the ("rings", 0) / ("list", j) values read
 
 
 @dataclass(frozen=True, eq=False)
@@ -316,9 +316,9 @@ class OnlineStore:
             parts: tuple[tuple[str, int], ...] = ()
             if info.windowed:
                 outs = [info.tiles.outputs[p] for p in positions]
-                rings = sorted({o.part for o in outs if o.function is not AggregationFunction.LAST_N})
+                numeric = any(o.function is not AggregationFunction.LAST_N for o in outs)
                 lists = sorted({o.part for o in outs if o.function is AggregationFunction.LAST_N})
-                parts = tuple([("ring", i) for i in rings] + [("list", j) for j in lists])
+                parts = tuple(([("rings", 0)] if numeric else []) + [("list", j) for j in lists])
             reads.append(_ViewRead(info, positions, len(refs), parts))
             refs.extend(f"{view.name}:{n}" for n in names)
             feats.extend(info.features[p] for p in positions)
@@ -365,7 +365,7 @@ class OnlineStore:
                 bases = self._window_bases(r.info, entity_keys)
                 tc = r.info.tiles
                 for kind, i in r.parts:
-                    suffix = tc.rings[i].suffix if kind == "ring" else tc.lists[i].suffix
+                    suffix = tc.numeric_suffix if kind == "rings" else tc.lists[i].suffix
                     key_lists.append([b + suffix for b in bases])
             else:
                 key_lists.append(self._keys(r.info, entity_keys))
@@ -543,11 +543,10 @@ class OnlineStore:
         info, tc = r.info, r.info.tiles
         present = np.zeros(n, dtype=bool)
         newest = np.full(n, _NAT, dtype=np.int64)
-        rings: dict[int, np.ndarray] = {}
+        rings: list[np.ndarray] = []
         for (kind, i), raw in raws.items():
-            if kind == "ring":
-                found, slots = tc.decode_ring(i, raw)
-                rings[i] = slots
+            if kind == "rings":
+                found, rings = tc.decode_rings(raw)
             else:
                 found = np.fromiter((v is not None for v in raw), dtype=bool, count=n)
             present |= found
@@ -773,10 +772,10 @@ class OnlineStore:
         bases = arrow_window_entity_bases(info.prefix, [column(tiles, k) for k in view.join_keys])
         index: dict[str, int] = {}
         entity = np.fromiter((index.setdefault(b, len(index)) for b in bases), dtype=np.int64, count=len(bases))
-        rings, lists = tc.encode_state(tiles, entity, len(index))
+        numeric, lists = tc.encode_state(tiles, entity, len(index))
         cut = "" if through is None else to_micros(through)
         head = [cut, *tc.script_config()]
-        per_entity = len(tc.rings) + len(tc.lists)
+        per_entity = (1 if tc.rings else 0) + len(tc.lists)
         step = max(1, TILE_SCRIPT_ARGS // max(1, per_entity))
         ordered = list(index)
         calls: list[tuple[list[str], list[Any]]] = []
@@ -787,7 +786,8 @@ class OnlineStore:
                 ca: list[Any] = list(head)
                 for e in group[s0: s0 + step]:
                     ck.extend(tc.keys(ordered[e]))
-                    ca.extend(blobs[e] for blobs in rings)
+                    if numeric:
+                        ca.append(numeric[e])
                     ca.extend(blobs[e] for blobs in lists)
                 calls.append((ck, ca))
         return self._run_scripts("PUT_STATE", calls)
