@@ -58,7 +58,7 @@ class PooledOffline:
             ids = pa.array(np.arange(start, start + n, dtype=np.int64))
             yield self.pool.slice(0, n).set_column(idx, "user_id", ids)
 
-    def tiles(self, view: Any, start: Any, end: Any) -> Iterator[pa.RecordBatch]:
+    def tiles(self, view: Any, start: Any, end: Any, *, ring: bool = False) -> Iterator[pa.RecordBatch]:
         return iter(())
 
 
