@@ -369,7 +369,7 @@ class OnlineStore:
                     key_lists.append([b + suffix for b in bases])
             else:
                 key_lists.append(self._keys(r.info, entity_keys))
-        raws = iter(self._mget_many(key_lists))
+        raws = iter(self._mget_deduplicated(key_lists))
         status = np.full((n, len(plan.refs)), FeatureStatus.NOT_FOUND, dtype=np.uint8)
         columns: list[Any] = [None] * len(plan.refs)
         event_ts: dict[str, np.ndarray] = {}
@@ -401,6 +401,22 @@ class OnlineStore:
                 raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
             entities = cols[0] if len(cols) == 1 else list(zip(*cols))
         return window_entity_bases(info.prefix, entities, len(join_keys))
+
+    def _mget_deduplicated(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
+        """MGET each distinct key once: ranking reads one user's rows beside 1,000 items."""
+        unique_lists: list[list[str]] = []
+        inverses: list[list[int] | None] = []
+        for keys in keys_per_view:
+            index: dict[str, int] = {}
+            inverse = [index.setdefault(k, len(index)) for k in keys]
+            if len(index) < len(keys):
+                unique_lists.append(list(index))
+                inverses.append(inverse)
+            else:
+                unique_lists.append(keys)
+                inverses.append(None)
+        raws = self._mget_many(unique_lists)
+        return [raw if inv is None else [raw[i] for i in inv] for raw, inv in zip(raws, inverses)]
 
     def _mget_many(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
         if self.cluster:

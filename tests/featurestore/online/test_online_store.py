@@ -208,6 +208,24 @@ def test_thousand_entities_one_round_trip_per_view(store: OnlineStore, client, m
         assert mget == 2 and other == 0
 
 
+def test_a_key_repeated_across_rows_is_fetched_once(store: OnlineStore, monkeypatch) -> None:
+    """Ranking reads one user's row beside 1,000 candidates: the user's key goes to Redis once."""
+    store.write_rows(SCORES, scores([7, 8], [0.25, 0.5], [1, 2], [T0, T0]))
+    asked: list[list[str]] = []
+    original = store._mget_many
+
+    def spy(keys_per_view):
+        asked.extend(keys_per_view)
+        return original(keys_per_view)
+
+    monkeypatch.setattr(store, "_mget_many", spy)
+    res = store.read(SCORES, [7] * 500 + [8] + [7] * 499 + [9], now=T0)
+    assert [len(keys) for keys in asked] == [3]
+    assert res.column("score")[:500].tolist() == [0.25] * 500 and res.column("score")[500] == 0.5
+    assert res.status_names()[1001 - 1]["scores:score"] == "NOT_FOUND"
+    assert len(res) == 1001
+
+
 def _calls(client, node) -> dict[str, int]:
     stats = client.info("commandstats", target_nodes=node) if node is not None else client.info("commandstats")
     return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
