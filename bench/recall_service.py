@@ -11,12 +11,13 @@ Set-up (full run; ``--quick`` uses a 100k-item, 1M-event catalogue):
    their online features, written through the feature store's own
    ``OnlineStore``: ``syn_user_activity`` tiles from their clicks of the last
    30 days (last-50 item list) and ``syn_user_profile:home_category``;
-3. the RecallService (``build_recall_server``: item2item, popular, fresh and,
-   when the embedding channel's artifacts for this catalogue exist, embedding)
-   in a **separate process**, configured with the synthetic features
+3. an embedding artifact for the catalogue (:func:`_embedding_artifact`: the
+   real serving stack, vectors from the generator's latent space);
+4. the RecallService (``build_recall_server``: embedding, item2item, popular,
+   fresh) in a **separate process**, configured with the synthetic features
    (``recent_items_feature = syn_user_activity:item_id_last50_30d``,
    ``category_features = (syn_user_profile:home_category,)``);
-4. this process calls ``Recall(count=1000)`` for sampled users, one call at a
+5. this process calls ``Recall(count=1000)`` for sampled users, one call at a
    time, request time = the end of the log, after a warm-up, and records the
    client-side latency; then a second phase with 4 calls in flight for throughput.
 
@@ -71,7 +72,7 @@ def _service_config(config: Config) -> Config:
 # ----------------------------------------------------------------------------- server process
 
 
-def _server_main(redis_url: str, items_path: str, conn: Any) -> None:
+def _server_main(redis_url: str, items_path: str, conn: Any, embedding_root: str | None = None) -> None:
     """Child process: the RecallService on a free port until SIGTERM."""
     from cascade.config import get_config
     from recall.categories import ItemCategories
@@ -80,8 +81,18 @@ def _server_main(redis_url: str, items_path: str, conn: Any) -> None:
     config = _service_config(get_config())
     categories = ItemCategories.from_parquet(items_path, "category")
 
+    embedding = None
+    if embedding_root:
+        from recall.artifacts import LiveIndex
+        from recall.channels.embedding import EmbeddingChannel
+
+        live = LiveIndex(embedding_root)
+        live.load()
+        embedding = EmbeddingChannel(live, faiss_threads=1)
+
     async def main() -> None:
-        channels, closers = default_channels(config, redis_url, namespace=NAMESPACE, categories=categories)
+        channels, closers = default_channels(config, redis_url, namespace=NAMESPACE, categories=categories,
+                                             embedding=embedding)
         from featurestore.client import FeatureClient
         from featurestore.online import OnlineStore
         from featurestore.repository import get_repo
@@ -164,6 +175,53 @@ def _build(config: Config, redis: Any, paths: Any, end_ms: int, quick: bool) -> 
     times["fresh_items"] = n_fresh
     _step(f"fresh: {n_fresh:,} items published in the last {config.recall.fresh_max_age_hours:g} h")
     return times
+
+
+def _embedding_artifact(config: Config, paths: Any, quick: bool) -> tuple[str, dict[str, Any]]:
+    """An embedding artifact for this catalogue, served by the real stack (ItemIndex, QueryEncoder, LiveIndex).
+
+    A trained tower for the whole catalogue is out of reach of this benchmark's
+    budget, so the vectors come from the generator's own latent space: item
+    vectors are the items' latent vectors lifted to ``recall.embedding_dim``
+    by a fixed random orthonormal map, and the query tower is the mean of the
+    recent items' vectors (one identity layer). Serving cost -- encoding,
+    an index of ``recall.index_kind`` over every item at that dimension,
+    k = the channel's ask -- is that of a trained model of the same size.
+    """
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from recall.artifacts import write_artifact
+    from recall.embedding.query import QueryEncoder
+    from recall.embedding.spec import tower_spec
+    from recall.index import IndexParams, ItemIndex
+
+    t0 = time.perf_counter()
+    items = pq.read_table(paths.items, columns=["item_id", "latent"])
+    ids = items["item_id"].to_numpy().astype(np.int64)
+    lat = np.asarray(items["latent"].combine_chunks().flatten().to_numpy(), dtype=np.float32).reshape(ids.size, -1)
+    dim = int(config.recall.embedding_dim)
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, lat.shape[1])))  # (dim, latent) orthonormal columns
+    vectors = np.ascontiguousarray(lat @ basis.T.astype(np.float32))
+    order = np.argsort(ids)
+    ids, vectors = ids[order], vectors[order]
+    params = IndexParams.from_config(config.recall)
+    index = ItemIndex.build(vectors, ids, params)
+    spec = tower_spec("synthetic")
+    feat_dim = 4
+    table = np.vstack([np.zeros((1, dim), np.float32), vectors])
+    w = np.zeros((dim + feat_dim * len(spec.user_features), dim), np.float32)
+    w[:dim, :dim] = np.eye(dim, dtype=np.float32)
+    encoder = QueryEncoder(spec, buckets=64, history_len=int(config.recall.recent_items), normalize=False, item_ids=ids,
+                           item_table=table, position_logits=np.zeros(int(config.recall.recent_items), np.float32),
+                           user_table=np.zeros((64, feat_dim), np.float32), layers=[(w, np.zeros(dim, np.float32))])
+    root = Path(tempfile.mkdtemp(prefix="bench-recall-svc-emb-"))
+    write_artifact(root, index, encoder, build={"source": "synthetic generator latents (latency benchmark)"})
+    info = {"embedding_index": f"{index.kind} {len(index):,} x {dim}", "embedding_index_build_s": round(time.perf_counter() - t0, 1)}
+    _step(f"embedding artifact: {info['embedding_index']} ({info['embedding_index_build_s']} s)")
+    return str(root), info
 
 
 # ----------------------------------------------------------------------------- load
@@ -252,12 +310,14 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             out["redis_used_memory_mb"] = round(redis.info("memory")["used_memory"] / 2**20, 1)
         finally:
             redis.close()
+        emb_root, emb_info = _embedding_artifact(config, paths, quick)
+        out.update(emb_info)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_server_main, args=(stack.redis_url, str(paths.items), child), daemon=True)
+        proc = ctx.Process(target=_server_main, args=(stack.redis_url, str(paths.items), child, emb_root), daemon=True)
         proc.start()
         try:
-            if not parent.poll(120):
+            if not parent.poll(600):
                 raise RuntimeError("the RecallService process did not start")
             port = parent.recv()
             address = f"{config.grpc.host}:{port}"
