@@ -378,7 +378,8 @@ class CovisitPublication:
     items: int
     neighbors: int
     bytes: int
-    seconds: float
+    seconds: float  # the whole call, including producing the batches (a streamed build computes while this runs)
+    write_seconds: float = 0.0  # packing and writing to Redis only
     deleted_versions: list[str] = field(default_factory=list)
 
 
@@ -400,7 +401,9 @@ def publish_covisit(client: Any, namespace: str, batches: Iterator[pa.RecordBatc
     cluster = is_cluster(client)
     items = neighbors = size = 0
     source = batches.to_batches() if isinstance(batches, pa.Table) else batches
+    write_s = 0.0
     for batch in source:
+        tw = time.perf_counter()
         ids, rows = pack_batch(batch)
         keys = [prefix + str(i) for i in ids.tolist()]
         if cluster:
@@ -417,10 +420,11 @@ def publish_covisit(client: Any, namespace: str, batches: Iterator[pa.RecordBatc
         items += len(rows)
         size += sum(map(len, rows))
         neighbors += int(pa.compute.sum(batch.column("neighbors").value_lengths()).as_py() or 0)
+        write_s += time.perf_counter() - tw
     client.set(pointer_key(namespace), version)
     client.lpush(versions_key(namespace), version)
     deleted = gc_versions(client, namespace, keep_versions)
-    return CovisitPublication(version, items, neighbors, size, round(time.perf_counter() - t0, 3), deleted)
+    return CovisitPublication(version, items, neighbors, size, round(time.perf_counter() - t0, 3), round(write_s, 3), deleted)
 
 
 def send_packed(client: Any, commands: list[list[Any]]) -> list[Any]:
