@@ -216,7 +216,8 @@ def _embedding_artifact(config: Config, paths: Any, quick: bool) -> tuple[str, d
     w[:dim, :dim] = np.eye(dim, dtype=np.float32)
     encoder = QueryEncoder(spec, buckets=64, history_len=int(config.recall.recent_items), normalize=False, item_ids=ids,
                            item_table=table, position_logits=np.zeros(int(config.recall.recent_items), np.float32),
-                           user_table=np.zeros((64, feat_dim), np.float32), layers=[(w, np.zeros(dim, np.float32))])
+                           user_table=np.zeros((64 * len(spec.user_features), feat_dim), np.float32),
+                           layers=[(w, np.zeros(dim, np.float32))])
     root = Path(tempfile.mkdtemp(prefix="bench-recall-svc-emb-"))
     write_artifact(root, index, encoder, build={"source": "synthetic generator latents (latency benchmark)"})
     info = {"embedding_index": f"{index.kind} {len(index):,} x {dim}", "embedding_index_build_s": round(time.perf_counter() - t0, 1)}

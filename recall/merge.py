@@ -197,7 +197,10 @@ class RecallMerger:
         """Versions of the channels' loaded data (``channel.version`` where present), in channel order."""
         out: list[str] = []
         for n in self.names:
-            v = getattr(self.channels.get(n), "version", None)
+            ch = self.channels.get(n)
+            v = getattr(ch, "version", None)
+            if v is None:  # the embedding channel: its live index's version
+                v = getattr(getattr(ch, "live", None), "version", None)
             if v and str(v) not in out:
                 out.append(str(v))
         return out

@@ -180,3 +180,60 @@ def test_health_reflection_and_a_cold_user(config, stack, unique_prefix, seeded)
     # popular and fresh give all they have (four items), and 100 is nobody's history here
     assert sorted(c.item_id for c in cold.candidates) == ["100", "200", "201", "300"] and not cold.degraded
     assert user_key("42") == 42 and user_key("someone-new") == user_key("someone-new") > 0
+
+
+def _tiny_embedding(tmp_path):
+    """A real artifact (flat index + numpy query tower) whose query is the mean of the recent items' vectors."""
+    import numpy as np
+
+    from recall.artifacts import LiveIndex, write_artifact
+    from recall.channels.embedding import EmbeddingChannel
+    from recall.embedding.query import QueryEncoder
+    from recall.embedding.spec import tower_spec
+    from recall.index import IndexParams, ItemIndex
+
+    ids = np.array([50, 100, 500, 501, 502], dtype=np.int64)
+    vecs = np.array([[1, 0, 0, 0], [1, 0.1, 0, 0], [0.9, 0.2, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], dtype=np.float32)
+    spec = tower_spec("movielens")
+    dim, feat = 4, 2
+    w = np.zeros((dim + feat * len(spec.user_features), dim), np.float32)
+    w[:dim] = np.eye(dim, dtype=np.float32)
+    enc = QueryEncoder(spec, buckets=8, history_len=20, normalize=False, item_ids=ids,
+                       item_table=np.vstack([np.zeros((1, dim), np.float32), vecs]), position_logits=np.zeros(20, np.float32),
+                       user_table=np.zeros((8 * len(spec.user_features), feat), np.float32),  # feature j, bucket b: row 8j + b
+                       layers=[(w, np.zeros(dim, np.float32))])
+    path = write_artifact(tmp_path / "emb", ItemIndex.build(vecs, ids, IndexParams(kind="flat")), enc)
+    live = LiveIndex(tmp_path / "emb")
+    live.load()
+    return EmbeddingChannel(live, faiss_threads=1), path.name
+
+
+def test_the_embedding_channel_reads_from_the_same_feature_read(config, stack, unique_prefix, seeded, tmp_path):
+    emb, version = _tiny_embedding(tmp_path)
+
+    async def scenario(stub, ch):
+        return await stub.Recall(request(count=10), timeout=10)
+
+    cfg = recall_config(config)
+
+    async def main():
+        channels, closers = default_channels(cfg, stack.redis_url, namespace=unique_prefix, embedding=emb)
+        server = build_recall_server(cfg, stack.redis_url, channels, feature_client=seeded, port=0)
+        server._async_closers.extend(closers)
+        await server.start()
+        try:
+            refs = server.servicer.feature_refs()
+            async with grpc.aio.insecure_channel(server.address) as ch:
+                return refs, await scenario(recall_pb2_grpc.RecallServiceStub(ch), ch)
+        finally:
+            await server.stop(0)
+
+    refs, resp = asyncio.run(main())
+    assert refs[0] == "user_activity:item_id_last20_30d" and "user_profile:age" in refs  # one read for every channel
+    by_id = {c.item_id: [s.channel for s in c.channels] for c in resp.candidates}
+    assert by_id["500"] == ["embedding"]  # nearest to the mean of 100 and 50, which are the user's own
+    assert "100" not in by_id and "50" not in by_id
+    assert emb.stats["feature_fetches"] == 0  # it found its inputs in RecallQuery.user_features
+    stats = {s.channel: s.status for s in resp.channel_stats}
+    assert stats["embedding"] == recall_pb2.CHANNEL_STATUS_OK
+    assert resp.index_version == f"{version},v7"
