@@ -346,6 +346,14 @@ def build_recall_server(config: Any, redis_url: str, channels: Sequence[Channel]
     merger = RecallMerger.from_config(list(channels), config.recall)
     servicer = RecallServicer(merger, config, feature_client=feature_client)
     servicer._closers.extend(closers)
+    if feature_client is not None:  # a misnamed feature is a deployment error: refuse to start, do not degrade forever
+        refs = servicer.feature_refs()
+        if refs:
+            try:
+                feature_client.plan(refs, "user")
+            except ValueError as exc:
+                servicer.close()
+                raise ValueError(f"recall: the user features to read are not servable: {exc}") from exc
     server = RecallServer(servicer, config, config.ports.recall if port is None else port)
     server._async_closers.extend(async_closers)
     return server

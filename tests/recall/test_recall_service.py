@@ -237,3 +237,10 @@ def test_the_embedding_channel_reads_from_the_same_feature_read(config, stack, u
     stats = {s.channel: s.status for s in resp.channel_stats}
     assert stats["embedding"] == recall_pb2.CHANNEL_STATUS_OK
     assert resp.index_version == f"{version},v7"
+
+
+def test_a_misnamed_feature_refuses_to_start(config, stack, unique_prefix, seeded):
+    cfg = recall_config(config)
+    cfg = cfg.model_copy(update={"recall": cfg.recall.model_copy(update={"category_features": ("user_profile:nope",)})})
+    with pytest.raises(ValueError, match="user_profile:nope"):
+        build_recall_server(cfg, stack.redis_url, [], feature_client=seeded, port=0)
