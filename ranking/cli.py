@@ -162,6 +162,7 @@ def evaluate_artifact(artifact: Path, backends: Sequence[str], *, config: Any, t
             reference = p
         else:
             m["max_abs_prob_diff_vs_" + backends[0]] = float(np.max(np.abs(p - reference)))
+            m["mean_abs_prob_diff_vs_" + backends[0]] = float(np.mean(np.abs(p - reference)))
         out[backend] = m
         scorer.close()
     return out
