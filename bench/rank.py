@@ -11,7 +11,10 @@ through :func:`ranking.artifact.load_scorer` -- the path the service uses --
 with ``ranking.threads`` intra-op threads.
 
 Measured, per model, backend and batch size in :data:`BATCHES`:
-``<model>_<backend>_b<batch>_samples_per_s`` (batch / median call time of
+``<model>_<backend>_b<batch>_samples_per_s`` (at ``ranking.threads``; the
+PyTorch backends also at one thread, ``<model>_<backend>_t1_b<batch>_...``:
+with other jobs on the machine their 2-thread OpenMP kernels stall on a
+descheduled thread, ONNX Runtime's pool does not) (batch / median call time of
 ``Scorer.score_encoded`` over random valid inputs, after warm-up) and
 ``..._gflops`` (FLOPs per call / median time). FLOPs per sample are counted
 by ``torch.utils.flop_counter.FlopCounterMode`` on the PyTorch model (matmuls:
@@ -20,7 +23,8 @@ the MLPs and DIN's activation unit, ~all of the arithmetic) and reported as
 (which adds FM, pooling, numeric fields) as ``<model>_mflop_per_sample_analytic``.
 ``gemm_gflops`` is the ceiling measured in the same run (a 2048x2048 fp32
 ``torch.mm`` at ``ranking.threads`` threads, as ``bench baseline``), and
-``..._ceiling_ratio`` = achieved / ceiling. Also ``encode_1000_ms``: encoding
+``..._ceiling_ratio`` = achieved / ceiling (always the ``ranking.threads``
+ceiling, also for the 1-thread rows; ``gemm_1thread_gflops`` is one core's). Also ``encode_1000_ms``: encoding
 1,000 candidates of one user from an ``OnlineFeatures`` (what the service does
 per request), and the AOTInductor compile time.
 
@@ -161,7 +165,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
     method: dict[str, str] = {}
     step(f"gemm ceiling: {GEMM_N}x{GEMM_N} fp32 torch.mm at {threads} threads")
     figures["gemm_gflops"] = _gemm_gflops(threads, plan["gemm_reps"])
-    step(f"gemm: {figures['gemm_gflops']:.1f} GFLOP/s")
+    figures["gemm_1thread_gflops"] = _gemm_gflops(1, plan["gemm_reps"]) if threads != 1 else figures["gemm_gflops"]
+    step(f"gemm: {figures['gemm_gflops']:.1f} GFLOP/s ({figures['gemm_1thread_gflops']:.1f} on 1 thread)")
     repo = get_repo(config.features.definitions)
     tmp = Path(tempfile.mkdtemp(prefix="cascade-bench-rank-"))
     try:
@@ -196,31 +201,37 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
                 enc_times.append(time.perf_counter() - t)
             figures[f"{kind}_encode_1000_ms"] = float(np.median(enc_times)) * 1e3
             for backend in available_backends(manifest):
-                step(f"{kind} on {backend}: batches {', '.join(map(str, BATCHES))}")
-                try:
-                    scorer = load_scorer(d, backend, threads)
-                except Exception as exc:  # noqa: BLE001 - a backend that cannot start is reported, not fatal
-                    figures[f"{kind}_{backend}_error"] = f"{type(exc).__name__}: {exc}"
-                    continue
-                for b in BATCHES:
-                    arrays = encoder.dummy(b, seed=b)
-                    sec = _time_calls(scorer.score_encoded, arrays, plan["min_time_s"], plan["min_reps"])
-                    key = f"{kind}_{backend}_b{b}"
-                    figures[f"{key}_samples_per_s"] = b / sec
-                    figures[f"{key}_gflops"] = flops * b / sec / 1e9
-                    if "int8" not in backend:  # INT8 GEMMs have their own, higher ceiling
-                        figures[f"{key}_ceiling_ratio"] = figures[f"{key}_gflops"] / figures["gemm_gflops"]
-                scorer.close()
-                step(f"{kind} on {backend}: b1024 {figures[f'{kind}_{backend}_b1024_samples_per_s']:,.0f} samples/s "
-                     f"({figures[f'{kind}_{backend}_b1024_gflops']:.0f} GFLOP/s), "
-                     f"b4096 {figures[f'{kind}_{backend}_b4096_samples_per_s']:,.0f} samples/s")
+                # torch backends also at 1 thread: with other jobs on the machine, torch's 2-thread
+                # OpenMP kernels stall on a descheduled thread (measured 6-13k vs ~110k samples/s at b1024)
+                thread_counts = [threads] + ([1] if threads != 1 and backend in ("eager", "aotinductor") else [])
+                for n_threads in thread_counts:
+                    step(f"{kind} on {backend} ({n_threads} threads): batches {', '.join(map(str, BATCHES))}")
+                    try:
+                        scorer = load_scorer(d, backend, n_threads)
+                    except Exception as exc:  # noqa: BLE001 - a backend that cannot start is reported, not fatal
+                        figures[f"{kind}_{backend}_error"] = f"{type(exc).__name__}: {exc}"
+                        continue
+                    tag = f"{kind}_{backend}" + ("" if n_threads == threads else f"_t{n_threads}")
+                    for b in BATCHES:
+                        arrays = encoder.dummy(b, seed=b)
+                        sec = _time_calls(scorer.score_encoded, arrays, plan["min_time_s"], plan["min_reps"])
+                        key = f"{tag}_b{b}"
+                        figures[f"{key}_samples_per_s"] = b / sec
+                        figures[f"{key}_gflops"] = flops * b / sec / 1e9
+                        if "int8" not in backend:  # INT8 GEMMs have their own, higher ceiling
+                            figures[f"{key}_ceiling_ratio"] = figures[f"{key}_gflops"] / figures["gemm_gflops"]
+                    scorer.close()
+                    step(f"{tag}: b1024 {figures[f'{tag}_b1024_samples_per_s']:,.0f} samples/s "
+                         f"({figures[f'{tag}_b1024_gflops']:.0f} GFLOP/s), b4096 {figures[f'{tag}_b4096_samples_per_s']:,.0f} samples/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for kind in plan["models"]:
         ratios = {k: v for k, v in figures.items() if k.startswith(f"{kind}_") and k.endswith("_ceiling_ratio")
                   and ("_b1024_" in k or "_b4096_" in k) and "int8" not in k}
         if ratios:
-            figures[f"{kind}_best_ceiling_ratio_b1024plus"] = max(ratios.values())
+            best = max(ratios, key=ratios.get)
+            figures[f"{kind}_best_ceiling_ratio_b1024plus"] = ratios[best]
+            figures[f"{kind}_best_b1024plus"] = best.removesuffix("_ceiling_ratio")
     method.update({
         "gemm_gflops": f"torch.mm of two {GEMM_N}x{GEMM_N} fp32 matrices, {threads} threads, median of {plan['gemm_reps']} calls.",
         "samples_per_s": "Scorer.score_encoded (the service's path: input checks, backend call, sigmoid) on random valid "

@@ -70,7 +70,9 @@ float32 [B, n_seq, seq_len].
 
 Cost: vectorised numpy; hashing goes through a per-vocabulary cache of
 distinct values, and online rows that share one object (the user's sequence
-repeated for every candidate) are encoded once.
+repeated for every candidate) are encoded once. Measured (``bench rank``,
+1,000 candidates of one user from an ``OnlineFeatures``): 1.4 ms for
+``deepfm_movielens``, 1.8 ms for ``din_movielens``.
 """
 
 from __future__ import annotations

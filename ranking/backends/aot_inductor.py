@@ -1,8 +1,8 @@
 """AOTInductor: ``model.pt2`` compiled ahead of time by ``cascade rank export`` (torch.export + Inductor, gcc).
 
 The package takes the inputs as keyword arguments (the manifest's names) and has a
-dynamic batch axis (1 .. ``ranking.export.AOTI_MAX_BATCH``); larger batches
-are split by the scorer.
+dynamic batch axis (1 .. ``ranking.export.AOTI_MAX_BATCH``); the scorer
+splits batches into :data:`ranking.backends.CPU_CHUNK_ROWS` rows.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from ranking.artifact import AOTI_FILE, ArtifactError
 class AOTInductorBackend:
     name = "aotinductor"
 
-    def __init__(self, artifact_dir: Path, manifest: Any, threads: int, **_: Any) -> None:
+    def __init__(self, artifact_dir: Path, manifest: Any, threads: int, *, chunk_rows: int | None = None, **_: Any) -> None:
         import torch
 
+        from ranking.backends import CPU_CHUNK_ROWS
         from ranking.export import AOTI_MAX_BATCH
 
         self.threads = threads
-        self.max_batch = AOTI_MAX_BATCH
+        chunk = CPU_CHUNK_ROWS if chunk_rows is None else chunk_rows
+        self.max_batch = min(AOTI_MAX_BATCH, chunk) if chunk else AOTI_MAX_BATCH
         torch.set_num_threads(max(1, threads))
         self.torch = torch
         try:

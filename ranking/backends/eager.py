@@ -10,14 +10,16 @@ import numpy as np
 
 class EagerBackend:
     name = "eager"
-    max_batch = 0  # no limit
 
-    def __init__(self, artifact_dir: Path, manifest: Any, threads: int, **_: Any) -> None:
+    def __init__(self, artifact_dir: Path, manifest: Any, threads: int, *, chunk_rows: int | None = None, **_: Any) -> None:
         import torch
+
+        from ranking.backends import CPU_CHUNK_ROWS
 
         from ranking.artifact import load_model
 
         self.threads = threads
+        self.max_batch = CPU_CHUNK_ROWS if chunk_rows is None else chunk_rows
         torch.set_num_threads(max(1, threads))
         self.torch = torch
         self.model = load_model(artifact_dir)

@@ -33,12 +33,15 @@ def session_options(threads: int, *, spin: bool = False) -> Any:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     file = ONNX_FILE
-    max_batch = 0
 
-    def __init__(self, artifact_dir: Path, manifest: Any, threads: int, *, spin: bool = False, **_: Any) -> None:
+    def __init__(self, artifact_dir: Path, manifest: Any, threads: int, *, spin: bool = False,
+                 chunk_rows: int | None = None, **_: Any) -> None:
         import onnxruntime as ort
 
+        from ranking.backends import CPU_CHUNK_ROWS
+
         self.threads = threads
+        self.max_batch = CPU_CHUNK_ROWS if chunk_rows is None else chunk_rows
         self.session = ort.InferenceSession(str(artifact_dir / self.file), sess_options=session_options(threads, spin=spin),
                                             providers=["CPUExecutionProvider"])
         self.names = tuple(i.name for i in self.session.get_inputs())

@@ -157,6 +157,15 @@ def test_cpu_backends_agree_with_pytorch(data, kind: str) -> None:
         scorer.close()
 
 
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_scorer_splits_large_batches_into_chunks(data, backend: str) -> None:
+    a = data.artifacts["din"]
+    whole = load_scorer(a.dir, backend, 1, chunk_rows=0)
+    chunked = load_scorer(a.dir, backend, 1, chunk_rows=7)
+    assert (whole.backend.max_batch, chunked.backend.max_batch) == (0, 7)
+    np.testing.assert_allclose(chunked.score_encoded(a.x), whole.score_encoded(a.x), rtol=0, atol=1e-6)
+
+
 def test_scorer_checks_inputs(data) -> None:
     a = data.artifacts["din"]
     scorer = load_scorer(a.dir, "onnxruntime", 1)
