@@ -1,4 +1,4 @@
-"""Ranking models: DeepFM and DIN over the encoder's inputs (:mod:`ranking.encoding`).
+"""Ranking models: DeepFM, DIN and the linear (FTRL) model over the encoder's inputs (:mod:`ranking.encoding`).
 
 Every model takes a dict of tensors named as :data:`ranking.encoding.INPUT_NAMES`
 and returns logits [B]. :func:`build_model` rebuilds one from the
@@ -14,8 +14,9 @@ from torch import nn
 
 from ranking.models.deepfm import DeepFM
 from ranking.models.din import DIN
+from ranking.models.linear import Linear
 
-MODELS: dict[str, type[nn.Module]] = {"deepfm": DeepFM, "din": DIN}
+MODELS: dict[str, type[nn.Module]] = {"deepfm": DeepFM, "din": DIN, "ftrl": Linear}
 
 
 def build_model(kind: str, layout: dict[str, Any], **hparams: Any) -> nn.Module:
@@ -42,4 +43,4 @@ def build_from_settings(kind: str, layout: dict[str, Any], ranking: Any) -> nn.M
                        dropout=ranking.dropout, attention_hidden=tuple(ranking.din_attention_hidden))
 
 
-__all__ = ["DIN", "MODELS", "DeepFM", "build_from_settings", "build_model", "from_config", "model_config"]
+__all__ = ["DIN", "MODELS", "DeepFM", "Linear", "build_from_settings", "build_model", "from_config", "model_config"]

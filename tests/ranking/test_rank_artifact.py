@@ -214,6 +214,26 @@ def test_score_online_features_equals_score_encoded(data) -> None:
         scorer.score(feats)
 
 
+def test_a_linear_ftrl_model_is_an_artifact_like_the_others(data, tmp_path: Path) -> None:
+    """The servable form of the streaming FTRL learner: one weight per hashed row, plus the dense block."""
+    a = data.artifacts["din"]
+    model = build_model("ftrl", a.encoder.layout())
+    with torch.no_grad():
+        model.first_order.weight.normal_(0, 0.5)
+        model.first_order.weight[0] = 0
+        model.dense_linear.weight.normal_(0, 0.5)
+    save_artifact(model, a.encoder, tmp_path / "lr", kind="ftrl", feature_set_name="din_movielens",
+                  feature_set_fingerprint=a.encoder.fingerprint, metrics={})
+    x = {k: v[:50] for k, v in a.x.items()}
+    want = load_scorer(tmp_path / "lr", "eager", 1).score_encoded(x)
+    w = model.first_order.weight.detach().numpy()[:, 0]
+    by_hand = (w[x["cat_ids"]].sum(1) + ((w[x["bag_ids"]] * x["bag_mask"]).sum(-1) / np.maximum(x["bag_mask"].sum(-1), 1)).sum(1)
+               + ((w[x["seq_ids"]] * x["seq_mask"]).sum(-1) / np.maximum(x["seq_mask"].sum(-1), 1)).sum(1)
+               + x["dense"] @ model.dense_linear.weight.detach().numpy()[0] + float(model.dense_linear.bias.detach()))
+    np.testing.assert_allclose(want, 1 / (1 + np.exp(-by_hand)), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(load_scorer(tmp_path / "lr", "onnxruntime", 1).score_encoded(x), want, rtol=0, atol=FP32_ATOL)
+
+
 def test_add_files_extends_the_manifest(data, tmp_path: Path) -> None:
     d = copy_artifact(data.artifacts["deepfm"].dir, tmp_path / "a")
     extra = tmp_path / "notes.txt"
