@@ -1,7 +1,8 @@
 """Artifacts and backends: the manifest contract, verification, and every CPU backend agreeing with PyTorch.
 
 Tolerances (probabilities, float32): ONNX Runtime fp32 and AOTInductor vs eager
-PyTorch within 1e-5 absolute (fp32 reassociation noise); ONNX Runtime INT8
+PyTorch within 1e-5 absolute (fp32 reassociation noise; the trained MovieLens
+models measure <= 2.4e-7 on the whole test split, `cascade rank evaluate`); ONNX Runtime INT8
 (dynamic quantisation of the MLP weights) within 0.05 for every row and 0.01 on
 average (these random tiny models have large weights; the trained MovieLens
 models move by far less, see `cascade rank evaluate`).
@@ -252,7 +253,8 @@ def test_load_model_round_trips_the_weights(data) -> None:
         assert k == k2 and torch.equal(v, v2)
 
 
-@pytest.mark.skipif(not os.environ.get("CASCADE_TEST_AOTI"), reason="compiles with gcc (~25-60 s); set CASCADE_TEST_AOTI=1")
+@pytest.mark.skipif(bool(os.environ.get("CASCADE_TEST_SKIP_AOTI")),
+                    reason="CASCADE_TEST_SKIP_AOTI is set (the gcc compile takes 12 s on a quiet machine, ~40 s on a busy one)")
 def test_aot_inductor_agrees_with_pytorch(data, tmp_path: Path) -> None:
     from ranking.export import export_aot_inductor
 
@@ -289,3 +291,12 @@ def test_tensorrt_fp16_agrees_with_pytorch(data, tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.engine"))
     again = load_scorer(a.dir, "tensorrt", 1, cache_dir=tmp_path)  # from the cache
     np.testing.assert_allclose(again.score_encoded(a.x), eager, rtol=0, atol=5e-3)
+
+
+def test_dynamo_onnx_exporter_matches_too(data, tmp_path: Path) -> None:
+    """The torch.export-based exporter (the default is TorchScript tracing, 14x cheaper) gives the same numbers."""
+    from ranking.export import check_onnx, export_onnx
+
+    a = data.artifacts["din"]
+    export_onnx(a.model, a.encoder, tmp_path / "m.onnx", exporter="dynamo")
+    assert check_onnx(a.model, a.encoder, tmp_path / "m.onnx") < 1e-4
