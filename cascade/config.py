@@ -122,7 +122,7 @@ class RecallConfig(_Section):
     ivf_nprobe: int = 32
     pq_m: int = 16
     # -- embedding channel and its index (recall/index.py, recall/artifacts.py, recall/channels/embedding.py)
-    ivf_refine_factor: int = Field(4, description="IVF-PQ: candidates per result re-ranked with the exact vectors (0: no re-ranking).")
+    ivf_refine_factor: int = Field(16, description="IVF-PQ: candidates per result re-ranked with the exact vectors (0: no re-ranking); bench ann: 16 with nprobe 128 gives recall@100 0.96 on 1M items.")
     embedding_artifacts: str = Field("movielens", description="Artifact set the embedding channel serves, under artifacts_subdir (`cascade recall build --name`).")
     index_watch_s: float = Field(5.0, description="How often a live index checks its artifact set's CURRENT pointer for a new version.")
     index_keep_versions: int = Field(3, description="Artifact versions kept on disk by `cascade recall build` (CURRENT is never removed).")

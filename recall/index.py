@@ -64,7 +64,7 @@ class IndexParams:
     ivf_nprobe: int = 32
     pq_m: int = 16
     pq_nbits: int = 8
-    refine_factor: int = 4  # ivfpq: PQ candidates per result re-ranked exactly (0: no re-ranking)
+    refine_factor: int = 16  # ivfpq: PQ candidates per result re-ranked exactly (0: no re-ranking)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
