@@ -178,10 +178,24 @@ def cmd_evaluate(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
+# Sub-commands owned by the serving side, dispatched before argparse sees them.
+DELEGATED = {
+    "serve": ("ranking.service", "serve", "serve RankingService and ModelAdminService over gRPC"),
+    "models": ("ranking.registry", "main", "the model registry: publish, list, pin, rollback, split"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from cascade.config import get_config
 
-    parser = argparse.ArgumentParser(prog="cascade rank", description="Ranking models: train, export, evaluate.")
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in DELEGATED:
+        import importlib
+
+        module, function, _ = DELEGATED[args_list[0]]
+        return int(getattr(importlib.import_module(module), function)(args_list[1:]) or 0)
+    parser = argparse.ArgumentParser(prog="cascade rank", description="Ranking models: train, export, evaluate, serve, models.",
+                                     epilog="; ".join(f"{k}: {v[2]}" for k, v in DELEGATED.items()))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train DeepFM or DIN on MovieLens-100K and save an artifact")
     p.add_argument("--model", choices=("deepfm", "din"), default=None, help="model kind (default: ranking.model)")
@@ -207,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     v.add_argument("--backend", action="append", help="backend(s) to evaluate (default: all available)")
     v.add_argument("--threads", type=int, default=None)
     v.add_argument("--max-rows", type=int, default=None)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(args_list)
     config = get_config()
     if args.command == "train":
         args.model = args.model or config.ranking.model

@@ -214,6 +214,8 @@ def run_activate(args: argparse.Namespace, config: Any) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import recall.jobs  # noqa: F401  (registers serve, covisit, trending, fresh)
+
     parser = argparse.ArgumentParser(prog="cascade recall", description="Recall: the embedding index and its versions.")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
