@@ -407,14 +407,13 @@ class OnlineStore:
         unique_lists: list[list[str]] = []
         inverses: list[list[int] | None] = []
         for keys in keys_per_view:
-            index: dict[str, int] = {}
-            inverse = [index.setdefault(k, len(index)) for k in keys]
-            if len(index) < len(keys):
-                unique_lists.append(list(index))
-                inverses.append(inverse)
-            else:
+            if len(set(keys)) == len(keys):  # the common case: a C-speed check, no index built
                 unique_lists.append(keys)
                 inverses.append(None)
+                continue
+            index: dict[str, int] = {}
+            inverses.append([index.setdefault(k, len(index)) for k in keys])
+            unique_lists.append(list(index))
         raws = self._mget_many(unique_lists)
         return [raw if inv is None else [raw[i] for i in inv] for raw, inv in zip(raws, inverses)]
 
