@@ -12,6 +12,16 @@
    behaviour-rich rows (the user had >= ``rich_min_ratings`` ratings in the
    30 days before the label);
 5. optionally an artifact (:func:`ranking.artifact.save_artifact`).
+
+Measured on the temporal test split (3 seeds, 2026-11-28): DeepFM AUC
+0.7466 +- 0.0009 (behaviour-rich rows 0.7550), DIN 0.7482 +- 0.0018 (rich
+0.7566). DIN does not clearly beat DeepFM on ML-100K: the gap is inside the
+seed noise. Tried without effect: sequence length 10 (worse), dropout 0.5,
+more embedding L2, other learning rates, a "last 20 rated >= 4" sequence.
+Why, as far as measured: user and item ids plus the user's recent rating
+means already carry the signal, and the 30-day last-20 list mostly repeats
+the user's current rating session (MovieLens users rate many movies in
+minutes), so attention over it adds little that the ids do not.
 """
 
 from __future__ import annotations
