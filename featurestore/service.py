@@ -585,29 +585,12 @@ def build_feature_server(config: Any, redis_url: str, *, repo: Any = None, regis
     return FeatureServer(servicer, config.grpc, config.ports.features if port is None else port)
 
 
-async def _serve(config: Any, redis_url: str, args: argparse.Namespace) -> int:
-    from serving import install_signal_handlers, start_metrics_server
-
-    from featurestore.repository import load_repo
-
-    repo = load_repo(args.definitions) if args.definitions else None
-    server = build_feature_server(config, redis_url, repo=repo, registry=args.registry, port=args.port,
-                                  check_registry=not args.allow_unapplied)
-    port = await server.start()
-    metrics = start_metrics_server(config.ports.metrics if args.metrics_port is None else args.metrics_port, config.grpc.host)
-    print(f"FeatureService on {config.grpc.host}:{port} (online store {redis_url}, project {config.features.project!r}); "
-          f"metrics on :{metrics}/metrics. Ctrl-C to stop.", flush=True)
-    install_signal_handlers(server)
-    await server.wait()
-    return 0
-
-
 def serve(argv: Sequence[str] | None = None) -> int:
     """``cascade features serve``: run the FeatureService until SIGINT/SIGTERM."""
     from cascade.config import get_config
     from featurestore.registry import RegistryError
-    from featurestore.repository import DefinitionError
-    from serving import configure_logging
+    from featurestore.repository import DefinitionError, load_repo
+    from serving.entrypoint import run_service
 
     parser = argparse.ArgumentParser(prog="cascade features serve", description="Serve online features over gRPC (cascade.v1.FeatureService).")
     parser.add_argument("--port", type=int, default=None, help="port (default: config ports.features; 0 = any free port)")
@@ -621,25 +604,15 @@ def serve(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     config = get_config()
-    redis_url = args.redis_url or config.redis.url
-    stack = None
-    try:
-        if redis_url is None:
-            from stack import Stack
 
-            stack = Stack(config, kafka=False).start()
-            redis_url = stack.redis_url
-            print(f"no Redis configured: started an embedded one at {redis_url}", flush=True)
-        configure_logging()
-        return asyncio.run(_serve(config, redis_url, args))
-    except (DefinitionError, RegistryError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if stack is not None:
-            stack.stop()
+    def build(redis_url: str) -> FeatureServer:
+        repo = load_repo(args.definitions) if args.definitions else None
+        return build_feature_server(config, redis_url, repo=repo, registry=args.registry, port=args.port,
+                                    check_registry=not args.allow_unapplied)
+
+    return run_service(config, args.redis_url or config.redis.url, build,
+                       lambda s: f"FeatureService (project {config.features.project!r})",
+                       metrics_port=args.metrics_port, errors=(DefinitionError, RegistryError))
 
 
 __all__ = [

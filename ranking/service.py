@@ -664,28 +664,12 @@ def build_ranking_server(config: Any, redis_url: str | None, *, kafka_bootstrap:
 # ============================================================================ CLI
 
 
-async def _serve(config: Any, redis_url: str, kafka: str | None, args: argparse.Namespace) -> int:
-    from serving import install_signal_handlers, start_metrics_server
-
-    server = build_ranking_server(config, redis_url, kafka_bootstrap=kafka, models=args.model or (), port=args.port,
-                                  batching=False if args.no_batching else None, check_registry=not args.allow_unapplied)
-    port = await server.start()
-    metrics = start_metrics_server(config.ports.metrics if args.metrics_port is None else args.metrics_port, config.grpc.host)
-    live = {name: (slot.routing.live.version if slot.routing.live else None) for name, slot in server.manager.slots.items()}
-    print(f"RankingService + ModelAdminService on {config.grpc.host}:{port} (registry {server.registry.root}, "
-          f"live {live}, batching {'on' if server.manager.batching else 'off'}); metrics on :{metrics}/metrics. "
-          "Ctrl-C to stop.", flush=True)
-    install_signal_handlers(server)
-    await server.wait()
-    return 0
-
-
 def serve(argv: Sequence[str] | None = None) -> int:
     """``cascade rank serve``: run the ranking service until SIGINT/SIGTERM."""
     from cascade.config import get_config
     from featurestore.registry import RegistryError
     from featurestore.repository import DefinitionError
-    from serving import configure_logging
+    from serving.entrypoint import run_service
 
     parser = argparse.ArgumentParser(prog="cascade rank serve",
                                      description="Serve cascade.v1.RankingService and ModelAdminService over gRPC.")
@@ -701,26 +685,19 @@ def serve(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     config = get_config()
-    redis_url = args.redis_url or config.redis.url
-    kafka = args.kafka or config.kafka.bootstrap_servers
-    stack = None
-    try:
-        if redis_url is None:
-            from stack import Stack
 
-            stack = Stack(config, kafka=False).start()
-            redis_url = stack.redis_url
-            print(f"no Redis configured: started an embedded one at {redis_url}", flush=True)
-        configure_logging()
-        return asyncio.run(_serve(config, redis_url, kafka, args))
-    except (DefinitionError, RegistryError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if stack is not None:
-            stack.stop()
+    def build(redis_url: str) -> RankingServer:
+        return build_ranking_server(config, redis_url, kafka_bootstrap=args.kafka or config.kafka.bootstrap_servers,
+                                    models=args.model or (), port=args.port,
+                                    batching=False if args.no_batching else None, check_registry=not args.allow_unapplied)
+
+    def describe(server: RankingServer) -> str:
+        live = {name: (slot.routing.live.version if slot.routing.live else None) for name, slot in server.manager.slots.items()}
+        return (f"RankingService + ModelAdminService (registry {server.registry.root}, live {live}, "
+                f"batching {'on' if server.manager.batching else 'off'})")
+
+    return run_service(config, args.redis_url or config.redis.url, build, describe,
+                       metrics_port=args.metrics_port, errors=(DefinitionError, RegistryError))
 
 
 __all__ = ["ADMIN_SERVICE", "RANKING_SERVICE", "ModelAdminServicer", "RankingServer", "RankingServicer",

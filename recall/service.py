@@ -50,7 +50,7 @@ from recall.categories import ItemCategories
 from recall.channel import Channel, RecallQuery
 from recall.merge import ChannelStatus, RecallMerger, RecallResult
 from recall.wire import encode_candidates
-from serving import GrpcServer, ValidationError, require, require_max_items, require_range
+from serving import GrpcServer, require, require_max_items, require_range
 from serving.context import safety_margin, time_remaining
 
 _log = logging.getLogger("cascade.recall.service")
@@ -362,12 +362,8 @@ def build_recall_server(config: Any, redis_url: str, channels: Sequence[Channel]
 # ============================================================================ `cascade recall serve`
 
 
-async def _serve(config: Any, redis_url: str, args: argparse.Namespace) -> int:
-    from serving import install_signal_handlers, start_metrics_server
-
-    categories = None
-    if args.items:
-        categories = ItemCategories.from_parquet(args.items, args.category_column)
+def _build_from_args(config: Any, args: argparse.Namespace, redis_url: str) -> RecallServer:
+    categories = ItemCategories.from_parquet(args.items, args.category_column) if args.items else None
     embedding = None
     if args.embedding:
         from recall.channels.embedding import EmbeddingChannel
@@ -377,13 +373,7 @@ async def _serve(config: Any, redis_url: str, args: argparse.Namespace) -> int:
                                          embedding=embedding)
     server = build_recall_server(config, redis_url, channels, namespace=args.namespace, port=args.port)
     server._async_closers.extend(closers)
-    port = await server.start()
-    metrics = start_metrics_server(config.ports.metrics if args.metrics_port is None else args.metrics_port, config.grpc.host)
-    print(f"RecallService on {config.grpc.host}:{port} (channels {', '.join(server.servicer.merger.names)}; "
-          f"Redis {redis_url}); metrics on :{metrics}/metrics. Ctrl-C to stop.", flush=True)
-    install_signal_handlers(server)
-    await server.wait()
-    return 0
+    return server
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -400,27 +390,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve_with(args: argparse.Namespace, config: Any) -> int:
     """Run the RecallService for parsed `args` until SIGINT/SIGTERM (starts an embedded valkey without a Redis URL)."""
-    from serving import configure_logging
+    from serving.entrypoint import run_service
 
-    redis_url = args.redis_url or config.redis.url
-    stack = None
-    try:
-        if redis_url is None:
-            from stack import Stack
-
-            stack = Stack(config, kafka=False).start()
-            redis_url = stack.redis_url
-            print(f"no Redis configured: started an embedded one at {redis_url}", flush=True)
-        configure_logging()
-        return asyncio.run(_serve(config, redis_url, args))
-    except (FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if stack is not None:
-            stack.stop()
+    return run_service(config, args.redis_url or config.redis.url,
+                       lambda redis_url: _build_from_args(config, args, redis_url),
+                       lambda s: f"RecallService (channels {', '.join(s.servicer.merger.names)})",
+                       metrics_port=args.metrics_port)
 
 
 def serve(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,6 @@ and the response says so (``degraded``, ``degraded_reasons``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,25 +72,11 @@ def build_rerank_server(config: Config, redis_url: str | None, *, rules_path: An
     return RerankServer(engine, config.grpc, config.ports.rerank if port is None else port)
 
 
-async def _serve(config: Config, redis_url: str, args: argparse.Namespace) -> int:
-    from serving import install_signal_handlers, start_metrics_server
-
-    server = build_rerank_server(config, redis_url, rules_path=args.rules, port=args.port)
-    port = await server.start()
-    metrics = start_metrics_server(config.ports.metrics if args.metrics_port is None else args.metrics_port, config.grpc.host)
-    names = ", ".join(r.name for r in server.engine.rules)
-    print(f"RerankService on {config.grpc.host}:{port} (Redis {redis_url}; policy {server.engine.policy_version}: {names}); "
-          f"metrics on :{metrics}/metrics. Ctrl-C to stop.", flush=True)
-    install_signal_handlers(server)
-    await server.wait()
-    return 0
-
-
 def serve(argv: Sequence[str] | None = None) -> int:
     """``cascade rerank serve``: run the RerankService until SIGINT/SIGTERM."""
     from cascade.config import get_config
     from rerank.rules_config import RulesConfigError
-    from serving import configure_logging
+    from serving.entrypoint import run_service
 
     parser = argparse.ArgumentParser(prog="cascade rerank serve", description="Serve the rerank rule engine over gRPC (cascade.v1.RerankService).")
     parser.add_argument("--port", type=int, default=None, help="port (default: config ports.rerank; 0 = any free port)")
@@ -103,25 +88,14 @@ def serve(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     config = get_config()
-    redis_url = args.redis_url or config.redis.url
-    stack = None
-    try:
-        if redis_url is None:
-            from stack import Stack
 
-            stack = Stack(config, kafka=False).start()
-            redis_url = stack.redis_url
-            print(f"no Redis configured: started an embedded one at {redis_url}", flush=True)
-        configure_logging()
-        return asyncio.run(_serve(config, redis_url, args))
-    except (RulesConfigError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if stack is not None:
-            stack.stop()
+    def describe(server: RerankServer) -> str:
+        names = ", ".join(r.name for r in server.engine.rules)
+        return f"RerankService (policy {server.engine.policy_version}: {names})"
+
+    return run_service(config, args.redis_url or config.redis.url,
+                       lambda redis_url: build_rerank_server(config, redis_url, rules_path=args.rules, port=args.port),
+                       describe, metrics_port=args.metrics_port, errors=(RulesConfigError,))
 
 
 __all__ = ["SERVICE_NAME", "RerankServer", "RerankServicer", "build_rerank_server", "serve"]
