@@ -10,35 +10,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
 
 from rerank.impressions import Parse
-from rerank.rules.base import Rule, RuleContext, RuleParams, fmt_hours
+from rerank.rules.base import RequestAndRedisFilter, RequestAndRedisParams, RuleContext, fmt_hours
 from rerank.stores import queue_item_state
 from rerank.types import Slate
 
 
-class AvailabilityFilterParams(RuleParams):
+class AvailabilityFilterParams(RequestAndRedisParams):
     type: Literal["availability_filter"]
-    use_redis: bool = Field(True, description="Read item state missing from the candidates from Redis.")
-    include_injections: bool = Field(True, description="Also drop unavailable/expired ads/boosts.")
 
 
-class AvailabilityFilter(Rule):
+class AvailabilityFilter(RequestAndRedisFilter):
     type = "availability_filter"
     Params = AvailabilityFilterParams
     params: AvailabilityFilterParams
-
-    @property
-    def needs_fetch(self) -> bool:
-        return self.params.use_redis
-
-    @property
-    def works_without_fetch(self) -> bool:
-        return True
-
-    def _entries(self, slate: Slate) -> list[Any]:
-        return [*slate.items, *slate.injections] if self.params.include_injections else list(slate.items)
 
     def queue(self, pipe: Any, ctx: RuleContext, slate: Slate) -> Parse:
         assert self.stores is not None, "availability_filter with use_redis needs stores"

@@ -90,6 +90,30 @@ class Rule:
         return f"{type(self).__name__}({self.name!r})"
 
 
+class RequestAndRedisParams(RuleParams):
+    """Filters that use what the request carries and, optionally, state read from Redis."""
+
+    use_redis: bool = Field(True, description="Also read state from Redis (in the engine's one round trip).")
+    include_injections: bool = Field(True, description="Also drop matching ads/boosts.")
+
+
+class RequestAndRedisFilter(Rule):
+    """A filter that still does its request-data part when the Redis read failed."""
+
+    params: RequestAndRedisParams
+
+    @property
+    def needs_fetch(self) -> bool:
+        return self.params.use_redis
+
+    @property
+    def works_without_fetch(self) -> bool:
+        return True
+
+    def _entries(self, slate: Slate) -> list[Any]:
+        return [*slate.items, *slate.injections] if self.params.include_injections else list(slate.items)
+
+
 def fmt_hours(ms: float) -> str:
     """``5400000`` -> ``"1.5h"``; minutes under an hour, days past two."""
     h = ms / 3_600_000

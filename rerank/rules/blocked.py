@@ -10,35 +10,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
 
 from rerank.impressions import Parse
-from rerank.rules.base import Rule, RuleContext, RuleParams
+from rerank.rules.base import RequestAndRedisFilter, RequestAndRedisParams, RuleContext
 from rerank.stores import queue_blocked
 from rerank.types import Slate
 
 
-class BlockedFilterParams(RuleParams):
+class BlockedFilterParams(RequestAndRedisParams):
     type: Literal["blocked_filter"]
-    use_redis: bool = Field(True, description="Also read the user's block lists from Redis.")
-    include_injections: bool = Field(True, description="Also drop blocked ads/boosts.")
 
 
-class BlockedFilter(Rule):
+class BlockedFilter(RequestAndRedisFilter):
     type = "blocked_filter"
     Params = BlockedFilterParams
     params: BlockedFilterParams
-
-    @property
-    def needs_fetch(self) -> bool:
-        return self.params.use_redis
-
-    @property
-    def works_without_fetch(self) -> bool:
-        return True
-
-    def _entries(self, slate: Slate) -> list[Any]:
-        return [*slate.items, *slate.injections] if self.params.include_injections else list(slate.items)
 
     def queue(self, pipe: Any, ctx: RuleContext, slate: Slate) -> Parse:
         assert self.stores is not None, "blocked_filter with use_redis needs stores"
