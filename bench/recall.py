@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any

@@ -34,7 +34,6 @@ import os
 import signal
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -381,26 +380,23 @@ class OnlineStore:
         keys_out = entity_keys if not isinstance(entity_keys, Mapping) else list(zip(*entity_keys.values()))
         return OnlineResult(keys_out, plan.refs, plan.features, columns, status, event_ts, plan.index)
 
-    def _keys(self, info: _ViewInfo, entities: Any) -> list[str]:
+    @staticmethod
+    def _entity_values(info: _ViewInfo, entities: Any) -> Any:
+        """The view's entity values: as given, or zipped from its join-key columns of a {join_key: values} mapping."""
+        if not isinstance(entities, Mapping):
+            return entities
         join_keys = info.view.join_keys
-        if isinstance(entities, Mapping):
-            try:
-                cols = [entities[k] for k in join_keys]
-            except KeyError as exc:
-                raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
-            values = cols[0] if len(cols) == 1 else list(zip(*cols))
-            return entity_keys(info.prefix, values, len(join_keys))
-        return entity_keys(info.prefix, entities, len(join_keys))
+        try:
+            cols = [entities[k] for k in join_keys]
+        except KeyError as exc:
+            raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
+        return cols[0] if len(cols) == 1 else list(zip(*cols))
+
+    def _keys(self, info: _ViewInfo, entities: Any) -> list[str]:
+        return entity_keys(info.prefix, self._entity_values(info, entities), len(info.view.join_keys))
 
     def _window_bases(self, info: _ViewInfo, entities: Any) -> list[str]:
-        join_keys = info.view.join_keys
-        if isinstance(entities, Mapping):
-            try:
-                cols = [entities[k] for k in join_keys]
-            except KeyError as exc:
-                raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
-            entities = cols[0] if len(cols) == 1 else list(zip(*cols))
-        return window_entity_bases(info.prefix, entities, len(join_keys))
+        return window_entity_bases(info.prefix, self._entity_values(info, entities), len(info.view.join_keys))
 
     def _mget_deduplicated(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
         """MGET each distinct key once: ranking reads one user's rows beside 1,000 items."""
@@ -605,7 +601,6 @@ class OnlineStore:
 
         sum_idx = {c: i for i, c in enumerate(tc.sum_columns)}
         for j, pos in enumerate(r.positions):
-            f = info.features[pos]
             o = tc.outputs[pos]
             if o.function is AggregationFunction.LAST_N:
                 if o.part not in lists:
