@@ -18,44 +18,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from recall.categories import ItemCategories
 from recall.covisit import to_ms
-from recall.redis_io import decode_str, tag
+from recall.redis_io import SortedSetKeys, decode_str
 
 _HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True)
-class FreshKeys:
-    base: str
-
-    @classmethod
-    def of(cls, namespace: str) -> "FreshKeys":
-        return cls(tag(namespace, "fresh"))
-
-    @property
-    def glob(self) -> str:
-        return f"{self.base}:g"
-
-    @property
-    def cats(self) -> str:
-        return f"{self.base}:cats"
-
-    @property
-    def cat_prefix(self) -> str:
-        return f"{self.base}:c:"
-
-    def cat(self, category: str) -> str:
-        return f"{self.base}:c:{category}"
-
-    @property
-    def stage_prefix(self) -> str:
-        return f"{self.base}:stage:"
+class FreshKeys(SortedSetKeys):
+    family: ClassVar[str] = "fresh"
 
 
 class FreshIndex:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import redis
@@ -147,6 +148,37 @@ def tag(namespace: str, part: str) -> str:
     if not namespace or "{" in namespace or "}" in namespace:
         raise ValueError(f"invalid key namespace {namespace!r}")
     return "{" + f"{namespace}:{part}" + "}"
+
+
+@dataclass(frozen=True)
+class SortedSetKeys:
+    """Keys of a global + per-category sorted-set family (popular, fresh), one hash tag per family."""
+
+    base: str
+    family: ClassVar[str] = ""
+
+    @classmethod
+    def of(cls, namespace: str) -> Self:
+        return cls(tag(namespace, cls.family))
+
+    @property
+    def glob(self) -> str:
+        return f"{self.base}:g"
+
+    @property
+    def cats(self) -> str:
+        return f"{self.base}:cats"
+
+    @property
+    def cat_prefix(self) -> str:
+        return f"{self.base}:c:"
+
+    def cat(self, category: str) -> str:
+        return f"{self.base}:c:{category}"
+
+    @property
+    def stage_prefix(self) -> str:
+        return f"{self.base}:stage:"
 
 
 def decode_str(value: Any) -> str | None:

@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import duckdb
 import numpy as np
@@ -65,7 +65,7 @@ from featurestore.definitions import StreamSource
 from featurestore.streaming import DecodeError, EventDecoder, RecordParser
 from recall.categories import ItemCategories
 from recall.covisit import EventsInput, to_ms
-from recall.redis_io import decode_str, tag
+from recall.redis_io import SortedSetKeys, decode_str
 
 log = logging.getLogger(__name__)
 
@@ -129,39 +129,16 @@ return #cats
 
 
 @dataclass(frozen=True)
-class TrendingKeys:
-    base: str
-
-    @classmethod
-    def of(cls, namespace: str) -> "TrendingKeys":
-        return cls(tag(namespace, "pop"))
+class TrendingKeys(SortedSetKeys):
+    family: ClassVar[str] = "pop"
 
     @property
     def meta(self) -> str:
         return f"{self.base}:meta"
 
     @property
-    def glob(self) -> str:
-        return f"{self.base}:g"
-
-    @property
-    def cats(self) -> str:
-        return f"{self.base}:cats"
-
-    @property
     def offsets(self) -> str:
         return f"{self.base}:offsets"
-
-    @property
-    def cat_prefix(self) -> str:
-        return f"{self.base}:c:"
-
-    def cat(self, category: str) -> str:
-        return f"{self.base}:c:{category}"
-
-    @property
-    def stage_prefix(self) -> str:
-        return f"{self.base}:stage:"
 
 
 @dataclass
