@@ -229,6 +229,56 @@ class RerankConfig(_Section):
     bloom_hashes: int = Field(7, description="bloom backend: hash functions per item.")
 
 
+class FeedConfig(_Section):
+    """The GetFeed gateway (feed/): stage wiring, deadline slices, fallbacks, experiments."""
+
+    stage_transport: str = Field("inprocess", pattern="^(inprocess|grpc)$", description="Call recall/ranking/rerank in this process or over gRPC (same code path).")
+    recall_address: str = Field("", description="host:port of RecallService when stage_transport = 'grpc'.")
+    ranking_address: str = Field("", description="host:port of RankingService when stage_transport = 'grpc'.")
+    rerank_address: str = Field("", description="host:port of RerankService when stage_transport = 'grpc'.")
+    deadline_ms: float = Field(100.0, description="Whole-request budget when the caller sets no deadline.")
+    stage_budget: dict[str, float] = Field(
+        default_factory=lambda: {"features": 0.10, "recall": 0.25, "ranking": 0.45, "rerank": 0.20},
+        description="Share of the remaining request deadline each stage may use; a late stage is cut and its fallback served.",
+    )
+    candidates: int = Field(1000, description="Candidates asked from recall and scored by ranking.")
+    max_count: int = Field(100, description="Largest page a request may ask for (feed.proto: count in [1, 100]).")
+    experiment_name: str = Field("ranking_ab", description="Active experiment; empty: everyone in 'default'.")
+    treatment_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of users (stable hash of user id) in 'treatment'.")
+    last_good_ttl_s: float = Field(86400.0, description="How long a user's last good feed is kept in Redis as a fallback.")
+    key_prefix: str = Field("cascade:feed", description="Namespace of the gateway's Redis keys.")
+
+
+class EventsConfig(_Section):
+    """Impression logging and EventService (events/)."""
+
+    impression_buffer: int = Field(100_000, description="Impressions held in memory awaiting Kafka; beyond it new ones are dropped and counted.")
+    flush_timeout_s: float = Field(10.0, description="Longest a graceful shutdown waits for buffered impressions to reach Kafka.")
+    max_future_skew_ms: int = Field(300_000, description="Events stamped further ahead of the server clock are INVALID_ARGUMENT.")
+    max_batch_events: int = Field(500, description="Events per LogEvents call (events.proto: 1 to 500).")
+    dedup_ttl_s: float = Field(86400.0, description="How long an accepted event_id is remembered to recognise retries.")
+    key_prefix: str = Field("cascade:events", description="Namespace of the event service's Redis keys.")
+
+
+class StreamingConfig(_Section):
+    """The learning loop (streaming/): joiner, online trainer, publishing."""
+
+    attribution_window_s: float = Field(300.0, description="An impression with no click within this long becomes a negative sample.")
+    positive_event_types: tuple[str, ...] = Field(("click",), description="Event types (decoded names) that make a sample positive.")
+    joiner_group: str = Field("streaming-joiner", description="Kafka consumer group of the joiner.")
+    joiner_max_pending: int = Field(1_000_000, description="Open impressions (and early clicks) held by the joiner; beyond it the oldest close early.")
+    trainer_group: str = Field("streaming-trainer", description="Kafka consumer group of the FTRL trainer.")
+    ftrl_alpha: float = 0.05
+    ftrl_beta: float = 1.0
+    ftrl_l1: float = 1.0
+    ftrl_l2: float = 1.0
+    hash_bits: int = Field(22, description="Weights of the hashed FTRL model: 2**hash_bits.")
+    publish_every_s: float = Field(5.0, description="Publish a new model version at least this often while learning.")
+    publish_every_samples: int = Field(50_000, description="...or after this many new samples, whichever comes first.")
+    model_name: str = Field("ftrl", description="Registry name the trainer publishes under.")
+    checkpoint_subdir: str = Field("streaming", description="Trainer and joiner checkpoints, under paths.var_dir.")
+
+
 class Config(_Section):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -239,6 +289,9 @@ class Config(_Section):
     recall: RecallConfig = RecallConfig()
     ranking: RankingConfig = RankingConfig()
     rerank: RerankConfig = RerankConfig()
+    feed: FeedConfig = FeedConfig()
+    events: EventsConfig = EventsConfig()
+    streaming: StreamingConfig = StreamingConfig()
 
     @property
     def offline_root(self) -> Path:
