@@ -1,6 +1,6 @@
 """``cascade recall``: build the embedding index, query it, manage its versions.
 
-    cascade recall build [--dataset movielens|synthetic] [--kind hnsw|ivfpq|flat] [--epochs N] ...
+    cascade recall build [--dataset movielens|synthetic] [--kind auto|hnsw|ivfpq|flat] [--epochs N] ...
     cascade recall query --user ID [--k 20] [--recent 12,50,7] [--online]
     cascade recall versions [--name NAME]
     cascade recall activate VERSION [--name NAME]
@@ -54,7 +54,7 @@ def _root(args: argparse.Namespace, config: Any) -> Path:
 
 def _build_args(p: argparse.ArgumentParser) -> None:
     _name_arg(p)
-    p.add_argument("--kind", choices=("hnsw", "ivfpq", "flat"), default=None, help="index kind (default: config recall.index_kind)")
+    p.add_argument("--kind", choices=("auto", "hnsw", "ivfpq", "flat"), default=None, help="index kind (default: config recall.index_kind)")
     p.add_argument("--metric", choices=("ip", "cosine"), default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

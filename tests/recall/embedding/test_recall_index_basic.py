@@ -100,3 +100,13 @@ def test_params_from_config_and_validation(config) -> None:
         index.search(np.ones((1, 3), np.float32), 2)
     with pytest.raises(ValueError, match="unique"):
         ItemIndex.build(np.eye(4, dtype=np.float32), np.array([1, 1, 2, 3]), kind="flat")
+
+
+def test_auto_kind_is_exact_for_small_catalogues_and_ivfpq_for_large(make_clustered) -> None:
+    x, q = make_clustered(3000, 16, clusters=30)
+    small = ItemIndex.build(x, None, IndexParams(kind="auto", auto_flat_max_items=5000))
+    assert small.kind == "flat"
+    assert np.array_equal(small.search(q, 10)[0], exact_search(x, q, 10)[0])
+    large = ItemIndex.build(x, None, IndexParams(kind="auto", auto_flat_max_items=1000, ivf_nlist=32, ivf_nprobe=32, pq_m=4))
+    assert large.kind == "ivfpq"
+    assert IndexParams(kind="auto").resolved(10**6).kind == "ivfpq"
