@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -196,13 +197,28 @@ def _default_root() -> Path:
     return get_config().offline_root
 
 
-def load_movielens(root: Path | None = None, force: bool = False, *, source: Path | None = None) -> MovieLensPaths:
+def shift_to(ratings: pa.Table, end_at: datetime) -> pa.Table:
+    """The ratings moved in time so the newest one falls at `end_at` (gaps and order kept).
+
+    MovieLens was rated in 1997-98; a live demo serving "now" would find every
+    windowed feature (7-day popularity, 30-day activity) empty. Shifting the whole
+    log keeps every relative time -- the temporal split, windows, recency -- intact.
+    """
+    last = pc.max(ratings["event_ts"]).cast(pa.int64()).as_py()
+    offset = int(end_at.timestamp() * 1_000_000) - last
+    shifted = pc.add(ratings["event_ts"].cast(pa.int64()), pa.scalar(offset, pa.int64())).cast(TS_TYPE)
+    return ratings.set_column(ratings.schema.get_field_index("event_ts"), "event_ts", shifted)
+
+
+def load_movielens(root: Path | None = None, force: bool = False, *, source: Path | None = None,
+                   end_at: datetime | None = None) -> MovieLensPaths:
     """Write MovieLens-100K as Parquet under ``<root>/movielens/`` (root: the offline store's root).
 
     Idempotent: a file already present is left untouched unless `force`. Each
     file is written under a temporary name and renamed, so a crash never leaves
     a half-written source behind (a re-run finishes the missing ones).
     `source` overrides the ml-100k directory (default: inside the recbole package).
+    `end_at` shifts every timestamp so the newest rating falls then (see :func:`shift_to`).
     """
     base = Path(root) if root is not None else _default_root()
     out = base / SUBDIR
@@ -211,6 +227,8 @@ def load_movielens(root: Path | None = None, force: bool = False, *, source: Pat
     if todo:
         src = Path(source) if source is not None else movielens_source_dir()
         ratings = parse_ratings(src)
+        if end_at is not None:
+            ratings = shift_to(ratings, end_at)
         first = pc.min(ratings["event_ts"]).cast(pa.int64()).as_py()
         profile_ts = pa.scalar(first - 1_000_000, type=pa.int64()).cast(TS_TYPE)
         builders = {
