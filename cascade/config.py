@@ -259,6 +259,16 @@ class EventsConfig(_Section):
     max_batch_events: int = Field(500, description="Events per LogEvents call (events.proto: 1 to 500).")
     dedup_ttl_s: float = Field(86400.0, description="How long an accepted event_id is remembered to recognise retries.")
     key_prefix: str = Field("cascade:events", description="Namespace of the event service's Redis keys.")
+    acks: str = Field("all", pattern="^(all|-1|0|1)$", description="Kafka acks of impressions and events: 'all' (every in-sync replica, idempotent producer), '1' (leader only) or '0'.")
+    impression_linger_ms: int = Field(20, ge=0, description="Impression producer linger: records wait this long to share a Kafka request (throughput over latency; nobody waits on them).")
+    impression_batch_bytes: int = Field(262_144, ge=1024, description="Impression producer batch size per partition, in bytes.")
+    impression_max_block_ms: int = Field(1000, ge=1, description="Longest the logger's background thread waits for Kafka (bootstrap, metadata, producer memory) per attempt; keeps close() bounded when Kafka is down.")
+    impression_retry_backoff_s: float = Field(1.0, gt=0, description="Wait between attempts to connect the impression producer while Kafka is unreachable.")
+    overflow_log_interval_s: float = Field(10.0, ge=0, description="At most one warning per interval about impressions dropped (buffer full) or failed (Kafka error).")
+    publish_timeout_s: float = Field(5.0, gt=0, description="LogEvents: longest Kafka may take to connect and ack a batch (bootstrap, metadata and delivery timeouts); then UNAVAILABLE.")
+    publish_linger_ms: int = Field(2, ge=0, description="LogEvents producer linger: concurrent batches share a Kafka request.")
+    dedup_pending_ttl_s: float = Field(30.0, gt=0, description="An event_id claimed by a publish that never finished (a crash) is released after this; keep it above 2 x publish_timeout_s.")
+    dedup_timeout_s: float = Field(0.5, gt=0, description="Budget of each de-duplication round trip to Redis; past it (or on a Redis error) the batch is published without de-duplication.")
 
 
 class StreamingConfig(_Section):
