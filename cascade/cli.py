@@ -32,7 +32,7 @@ def _load(name: str) -> Callable[[list[str]], int]:
 
 def _optional_stage_commands() -> None:
     """Stages that exist register themselves through `<stage>.cli:COMMANDS`."""
-    for stage in ("featurestore", "recall", "ranking", "rerank", "feed", "streaming", "loadtest"):
+    for stage in ("featurestore", "recall", "ranking", "rerank", "feed", "events", "streaming", "loadtest"):
         try:
             mod = importlib.import_module(f"{stage}.cli")
         except ModuleNotFoundError as exc:
