@@ -16,6 +16,8 @@ lose it.
 Crashes and failures therefore only ever cause duplicates, never losses:
 
 * a failed publish releases its claims, so the retry publishes;
+* a caller that gives up (deadline, cancel) does not stop the publish: it runs
+  to its end and marks done or releases, as if the caller had waited;
 * a crash after the claim and before the ack leaves a claim that expires after
   ``dedup_pending_ttl_s``; retries are UNAVAILABLE until then, then publish;
 * a crash after the ack and before the mark leaves the claim too: the retry

@@ -20,7 +20,9 @@ One call:
 5. mark the published ids done (one more round trip) and answer
    ``accepted_count`` = batch size, ``duplicate_count``.
 
-A crash at any point loses nothing; at worst a retry publishes an event twice
+Steps 3-5 run in a task shielded from the caller: a client whose deadline
+passes mid-publish does not interrupt it, so its claims end marked done or
+released, never left pending. A crash at any point loses nothing; at worst a retry publishes an event twice
 with the same event_id (see :mod:`events.dedup` for each case). Without Redis
 (``redis_url`` None, or Redis failing) the service still accepts and publishes,
 just without de-duplication.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import sys
 import time
@@ -79,6 +82,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self.settings = config.events
         self.publisher = publisher
         self.dedup = dedup
+        self.in_flight: set[asyncio.Future[int]] = set()  # publishes still running (their callers may be gone)
 
     async def LogEvents(self, request: events_pb2.LogEventsRequest, context: grpc.aio.ServicerContext) -> events_pb2.LogEventsResponse:
         received = now_ms()
@@ -90,40 +94,65 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             raise
         for event in events:
             event.received_at_ms = received
-        ids = [event.event_id for event in events]
+        # Shielded: a caller that gives up (deadline, cancel) must not interrupt a publish half way, or the
+        # claims would stay pending until they expire; the task finishes and records the outcome either way.
+        task = asyncio.ensure_future(self._record(events))
+        self.in_flight.add(task)
+        task.add_done_callback(self._forget)
+        try:
+            outcome = await asyncio.shield(task)
+        except _Busy as busy:
+            EVENTS_UNAVAILABLE.labels("in_flight").inc(len(events))
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"events[{busy.index}].event_id {busy.event_id!r} is being published by a concurrent "
+                                "call; nothing from this batch was published, retry the same batch")
+        except PublishError as exc:
+            EVENTS_UNAVAILABLE.labels("kafka").inc(len(events))
+            _log.warning("LogEvents: %s", exc, extra={"events": len(events)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{exc}; no event of this batch is recorded as published, retry the same batch")
+        for type_label, n in collections.Counter(_TYPE_LABELS[event.type] for event in events).items():
+            EVENTS_ACCEPTED.labels(type_label).inc(n)
+        if outcome:
+            EVENTS_DUPLICATES.inc(outcome)
+        return events_pb2.LogEventsResponse(accepted_count=len(events), duplicate_count=outcome)
 
-        claim = await self.dedup.claim(ids, uuid.uuid4().hex) if self.dedup is not None \
+    def _forget(self, task: asyncio.Future[int]) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left must not cause "exception never retrieved"
+
+    async def _record(self, events: Sequence[events_pb2.Event]) -> int:
+        """Claim, publish, mark done; returns the number of duplicates. Raises _Busy or PublishError."""
+        ids = [event.event_id for event in events]
+        dedup = self.dedup
+        claim = await dedup.claim(ids, uuid.uuid4().hex) if dedup is not None \
             else Claim(owned=list(range(len(ids))), degraded=True)
         owned_ids = [ids[i] for i in claim.owned]
+        keeps_claims = dedup is not None and not claim.degraded
         if claim.busy:
-            await self._release(claim, owned_ids)
-            EVENTS_UNAVAILABLE.labels("in_flight").inc(len(events))
-            i = claim.busy[0]
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"events[{i}].event_id {ids[i]!r} is being published by a concurrent call; "
-                                "nothing from this batch was published, retry the same batch")
-
+            if keeps_claims:
+                await dedup.release(owned_ids)
+            raise _Busy(claim.busy[0], ids[claim.busy[0]])
         if claim.owned:
             try:
                 await self.publisher.publish([events[i] for i in claim.owned])
-            except PublishError as exc:
-                await self._release(claim, owned_ids)
-                EVENTS_UNAVAILABLE.labels("kafka").inc(len(events))
-                _log.warning("LogEvents: %s", exc, extra={"events": len(events)})
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"{exc}; no event of this batch is recorded as published, retry the same batch")
-            if not claim.degraded:
-                await self.dedup.mark_done(owned_ids)  # type: ignore[union-attr]
+            except PublishError:
+                if keeps_claims:
+                    await dedup.release(owned_ids)
+                raise
+            if keeps_claims:
+                await dedup.mark_done(owned_ids)
+        return len(claim.done)
 
-        for event in events:
-            EVENTS_ACCEPTED.labels(_TYPE_LABELS[event.type]).inc()
-        if claim.done:
-            EVENTS_DUPLICATES.inc(len(claim.done))
-        return events_pb2.LogEventsResponse(accepted_count=len(events), duplicate_count=len(claim.done))
 
-    async def _release(self, claim: Claim, owned_ids: list[str]) -> None:
-        if self.dedup is not None and not claim.degraded:
-            await self.dedup.release(owned_ids)
+class _Busy(Exception):
+    """An event_id of the batch is claimed by another call that is publishing it now."""
+
+    def __init__(self, index: int, event_id: str) -> None:
+        super().__init__(index, event_id)
+        self.index = index
+        self.event_id = event_id
 
 
 class EventsServer(GrpcServer):
@@ -156,6 +185,8 @@ class EventsServer(GrpcServer):
         await super().stop(grace)
         if self._warm_up is not None:
             self._warm_up.cancel()
+        if self.servicer.in_flight:  # publishes whose callers left: let them record their outcome
+            await asyncio.wait(list(self.servicer.in_flight), timeout=2 * self.publisher.timeout_s)
         await asyncio.to_thread(self.publisher.close)
         if self.dedup is not None:
             await self.dedup.aclose()

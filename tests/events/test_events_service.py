@@ -219,3 +219,19 @@ def test_without_redis_events_are_still_published(config, stack, new_topic, uniq
     responses = serve(fast(config), down, stack.kafka_bootstrap, topic, unique_prefix, calls)
     assert [(r.accepted_count, r.duplicate_count) for r in responses] == [(2, 0), (2, 0)]
     assert sorted(e.event_id for e in published(stack.kafka_bootstrap, config, topic, 4)) == ["e-0", "e-0", "e-1", "e-1"]
+
+
+def test_a_caller_that_gives_up_leaves_no_claim_behind(config, stack, redis, new_topic, unique_prefix) -> None:
+    topic = new_topic()
+    now = now_ms()
+
+    async def calls(stub, channel):
+        # Kafka is down and connecting takes publish_timeout_s: the caller's 0.2 s deadline passes first.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.LogEvents(request(ev(0, now), ev(1, now)), timeout=0.2)
+        return info.value
+
+    err = serve(fast(config, publish_timeout_s=1.0), stack.redis_url, dead_bootstrap(), topic, unique_prefix, calls)
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The publish ran to its end after the caller left (stop() waits for it) and released its claims.
+    assert list(redis.scan_iter(f"{unique_prefix}:*")) == []
