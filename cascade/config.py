@@ -249,6 +249,29 @@ class FeedConfig(_Section):
     last_good_ttl_s: float = Field(86400.0, description="How long a user's last good feed is kept in Redis as a fallback.")
     key_prefix: str = Field("cascade:feed", description="Namespace of the gateway's Redis keys.")
 
+    reserve_ms: float = Field(3.0, ge=0.0, description="Time kept back from the request deadline for the fallbacks and the response; the stages share the rest.")
+    bucket_ranking: dict[str, str] = Field(
+        default_factory=dict,
+        description="Experiment bucket -> ranking target passed on in RankRequest: 'model', 'model@version' or '@version' "
+                    "(e.g. {treatment = 'ftrl'}). Buckets not listed use ranking's own routing (live version / its traffic split).",
+    )
+    log_features: bool = Field(True, description="Ask ranking to log the served feature vectors (GetFeedResponse.served_feature_id).")
+    item_attributes: dict[str, str] = Field(
+        default_factory=lambda: {"category": "syn_item_profile:category", "author": "syn_item_profile:author",
+                                 "group_id": "syn_item_profile:group_id", "published_at_ms": "syn_item_profile:published_at_ms"},
+        description="Rerank candidate attribute (category, author, group_id, published_at_ms) -> item feature it is read from "
+                    "(one online read for all candidates, the 'features' stage); a list value gives its first element.",
+    )
+    user_features: tuple[str, ...] = Field((), description="User features read in the same online read (shown by `cascade feed show`, kept in FeedResult).")
+    last_good_items: int = Field(100, ge=1, le=1000, description="Items kept as the user's last good feed: the served page, then the rest of the ranked list.")
+    popular_fallback_items: int = Field(300, ge=1, le=5000, description="Items read from the popular (trending) set when recall fails and no last good feed is left.")
+    fallback_seen_window_hours: float = Field(72.0, gt=0.0, description="Fallback feeds skip items shown to the user within this long (impression history).")
+    fallback_timeout_ms: float = Field(25.0, gt=0.0, description="Budget of a fallback's Redis reads (capped by what is left of the deadline).")
+    background_concurrency: int = Field(16, ge=1, description="After-response tasks (impression history, last good feed, impression log) running at once.")
+    background_max_pending: int = Field(2048, ge=1, description="After-response tasks waiting or running; beyond it new ones are dropped and counted.")
+    recall_embedding: str = Field("", description="In-process recall: also serve the embedding channel on this artifact set (`cascade recall build --name`); empty: none.")
+    recall_items: str = Field("", description="In-process recall: catalogue Parquet with a category column for per-category popular/fresh (relative to the offline root, or absolute); empty: global sets only.")
+    recall_category_column: str = Field("category", description="Category column of recall_items.")
 
 class EventsConfig(_Section):
     """Impression logging and EventService (events/)."""
