@@ -310,6 +310,24 @@ class StreamingConfig(_Section):
     publish_every_s: float = Field(5.0, description="Publish a new model version at least this often while learning.")
     publish_every_samples: int = Field(50_000, description="...or after this many new samples, whichever comes first.")
     model_name: str = Field("ftrl", description="Registry name the trainer publishes under.")
+    # FTRL trainer (streaming/trainer.py, streaming/hashing.py, streaming/publish.py).
+    feature_set: str = Field("", description="Feature set the FTRL model reads (encoded like ranking does); empty: ranking.feature_set.")
+    ftrl_crosses: tuple[str, ...] = Field(
+        ("user_id*item_id", "user_id*item_profile:genres", "user_id*syn_item_profile:category"),
+        description="Hashed crosses 'a*b' of encoder fields (a categorical, b categorical or bag); those the feature set lacks are skipped.",
+    )
+    trainer_batch_size: int = Field(2048, description="Most samples learned per minibatch (fewer when fewer are waiting).")
+    trainer_poll_ms: int = Field(100, description="Longest a trainer poll of the samples topic waits for records.")
+    checkpoint_every_s: float = Field(10.0, description="Trainer checkpoint period (z, n, offsets, dedup state), also on shutdown.")
+    encoder_fit_rows: int = Field(2000, description="Without a live ranking encoder for the feature set: samples the trainer's encoder is fitted on.")
+    encoder_fit_wait_s: float = Field(30.0, description="...or fit on what arrived within this long.")
+    dedup_capacity: int = Field(1_000_000, description="Most recent learned sample ids remembered to drop duplicates.")
+    served_cache_mb: int = Field(512, description="Served-feature records (raw) the trainer keeps to look samples' vectors up.")
+    served_lookback_s: float = Field(900.0, description="The trainer starts reading served features this long before its first sample's impression.")
+    served_wait_s: float = Field(1.0, description="Longest a batch waits for missing served-feature records before the online-store fallback.")
+    metrics_window: int = Field(20_000, description="Progressive-validation window (samples) of the trainer's logloss and AUC.")
+    keep_versions: int = Field(20, description="Published versions kept in the registry (live and rollback targets are never pruned).")
+    publish_onnx: bool = Field(False, description="Also export model.onnx for each published version (slower publishing).")
     checkpoint_subdir: str = Field("streaming", description="Trainer and joiner checkpoints, under paths.var_dir.")
 
 

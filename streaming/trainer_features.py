@@ -1,0 +1,280 @@
+"""The feature vector of each labeled sample: the served-feature log first, the online store as a fallback.
+
+A :class:`~proto.cascade.v1.records_pb2.LabeledSample` points at the row ranking
+scored it with (``features.served_feature_id`` + ``item_id``, a record of
+:mod:`featurestore.served_log` on the ``features`` topic). Training on exactly
+that vector is what keeps training and serving from skewing, so:
+
+1. :class:`ServedFeatureCache` tails the ``features`` topic (assigned
+   partitions, no consumer group, nothing committed) and keeps the *raw* record
+   bytes by ``served_feature_id`` under a byte budget, oldest evicted first
+   (a record holds every candidate of a request; only the impressed rows are
+   ever needed, so records are decoded on demand). It starts reading at the
+   first sample's impression time minus ``streaming.served_lookback_s``
+   (Kafka's time index), and reads ahead when a sample is newer than what it
+   has seen.
+2. :class:`FeatureResolver` gives a batch of samples their rows: the served
+   row when the record is there and carries every feature the encoder reads;
+   else, when a :class:`~featurestore.client.FeatureClient` was given, the
+   online store's values now (one read per user and impression time, with the
+   impression time as the request's ``event_ts``); else the sample is skipped
+   and counted (proto: "training then refetches features or skips the sample").
+3. :class:`ServedRows` presents those rows as the ``OnlineFeatures`` surface
+   the encoder reads (``key_columns``, ``column``, ``valid``), so
+   ``encoder.encode_online`` turns them into the arrays ranking would compute
+   for the same values. A served value is None exactly where the serving
+   read was not valid (:func:`featurestore.served_log.served_record`), which
+   is what ``valid`` reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from featurestore.served_log import DEFAULT_TOPIC as FEATURES_TOPIC
+from featurestore.served_log import FORMAT as SERVED_FORMAT
+from featurestore.served_log import served_record
+
+_log = logging.getLogger("cascade.streaming.features")
+
+SERVED = "served_log"
+ONLINE = "online"
+
+
+class ServedRows:
+    """Rows of served-feature records seen as an ``OnlineFeatures`` (what ``FeatureEncoder.encode_online`` reads)."""
+
+    def __init__(self, rows: Sequence[tuple[Mapping[str, Any], int]], join_keys: Sequence[str],
+                 feature_set: str | None = None) -> None:
+        self._rows = list(rows)
+        self.feature_set = feature_set
+        self.key_columns = {k: [rec["entity_keys"][k][i] for rec, i in self._rows] for k in join_keys}
+        self._cols: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def column(self, ref: str) -> list[Any]:
+        col = self._cols.get(ref)
+        if col is None:
+            col = self._cols[ref] = [_value(rec, ref, i) for rec, i in self._rows]
+        return col
+
+    def valid(self, ref: str) -> np.ndarray:
+        return np.fromiter((v is not None for v in self.column(ref)), dtype=bool, count=len(self._rows))
+
+
+def _value(rec: Mapping[str, Any], ref: str, i: int) -> Any:
+    col = rec["values"].get(ref)
+    return None if col is None else col[i]
+
+
+class _Record:
+    """A decoded served record with its item -> row index."""
+
+    __slots__ = ("data", "rows")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        items = (data.get("entity_keys") or {}).get("item_id") or []
+        self.rows = {str(v): i for i, v in enumerate(items)}
+
+
+class ServedFeatureCache:
+    """Served-feature records by id, read from the ``features`` topic; see the module docstring."""
+
+    def __init__(self, consumer: Any, topic: str, *, max_bytes: int, lookback_ms: int, decoded_keep: int = 256) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.max_bytes = int(max_bytes)
+        self.lookback_ms = int(lookback_ms)
+        self._raw: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._decoded: OrderedDict[str, _Record | None] = OrderedDict()
+        self._decoded_keep = decoded_keep
+        self._tps: list[Any] = []
+        self._end: dict[Any, int] = {}
+        self.started = False
+        self.seen_ms = 0  # newest Kafka record timestamp read
+        self.stats = {"records": 0, "evicted": 0}
+
+    @classmethod
+    def from_config(cls, bootstrap: str, config: Any) -> ServedFeatureCache:
+        from stack.clients import kafka_consumer
+
+        s = config.streaming
+        consumer = kafka_consumer(bootstrap, config.kafka, None, max_partition_fetch_bytes=8 * 1024 * 1024)
+        return cls(consumer, FEATURES_TOPIC, max_bytes=int(s.served_cache_mb) * 1024 * 1024,
+                   lookback_ms=int(s.served_lookback_s * 1000))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def _start(self, since_ms: int) -> None:
+        from kafka import TopicPartition
+
+        parts = self.consumer.partitions_for_topic(self.topic) or set()
+        self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.started = True
+        if not self._tps:
+            _log.warning("served-feature topic %r has no partitions: every sample will need the online store", self.topic)
+            return
+        self.consumer.assign(self._tps)
+        found = self.consumer.offsets_for_times({tp: max(0, since_ms) for tp in self._tps})
+        end = self.consumer.end_offsets(self._tps)
+        for tp in self._tps:
+            hit = found.get(tp)
+            self.consumer.seek(tp, hit.offset if hit is not None else end[tp])
+
+    def _caught_up(self) -> bool:
+        if not self._tps:
+            return True
+        self._end = self.consumer.end_offsets(self._tps)
+        return all(self.consumer.position(tp) >= self._end[tp] for tp in self._tps)
+
+    def read(self, timeout_ms: int = 0) -> int:
+        """Read what is available now (at most one poll); returns the number of records taken."""
+        if not self._tps:
+            return 0
+        got = 0
+        for messages in self.consumer.poll(timeout_ms=timeout_ms, max_records=2000).values():
+            for m in messages:
+                if m.key is None or m.value is None:
+                    continue
+                self._put(m.key.decode(errors="replace"), m.value)
+                self.seen_ms = max(self.seen_ms, int(m.timestamp or 0))
+                got += 1
+        return got
+
+    def _put(self, sfid: str, raw: bytes) -> None:
+        old = self._raw.pop(sfid, None)
+        if old is not None:
+            self._bytes -= len(old)
+        self._raw[sfid] = raw
+        self._bytes += len(raw)
+        self._decoded.pop(sfid, None)
+        self.stats["records"] += 1
+        while self._bytes > self.max_bytes and len(self._raw) > 1:
+            _, dropped = self._raw.popitem(last=False)
+            self._bytes -= len(dropped)
+            self.stats["evicted"] += 1
+
+    def catch_up(self, until_ms: int, wait_s: float) -> None:
+        """Read until records newer than `until_ms` were seen or the topic's end is reached (at most `wait_s`)."""
+        if not self.started:
+            self._start(until_ms - self.lookback_ms)
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.read(timeout_ms=50)
+            if self.seen_ms > until_ms or self._caught_up() or time.monotonic() >= deadline:
+                return
+
+    def get(self, sfid: str) -> _Record | None:
+        if sfid in self._decoded:
+            self._decoded.move_to_end(sfid)
+            return self._decoded[sfid]
+        raw = self._raw.get(sfid)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            rec = _Record(data) if isinstance(data, dict) and data.get("format") == SERVED_FORMAT else None
+        except (ValueError, UnicodeDecodeError):
+            rec = None
+        self._decoded[sfid] = rec
+        if len(self._decoded) > self._decoded_keep:
+            self._decoded.popitem(last=False)
+        return rec
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+class FeatureResolver:
+    """Samples -> (:class:`ServedRows`, which samples got features, where from); see the module docstring."""
+
+    def __init__(self, encoder: Any, *, cache: ServedFeatureCache | None = None, client: Any = None,
+                 feature_set: Any = None, wait_s: float = 1.0) -> None:
+        self.encoder = encoder
+        self.cache = cache
+        self.client = client
+        self.feature_set = feature_set  # a name or ResolvedFeatureSet for the online fallback
+        self.wait_s = wait_s
+        self.join_keys = [f.source for f in encoder.fields if f.is_key]
+        self.refs = sorted({f.source for f in encoder.fields if not f.is_key})
+
+    def _usable(self, rec: _Record) -> bool:
+        values = rec.data.get("values") or {}
+        keys = rec.data.get("entity_keys") or {}
+        return all(r in values for r in self.refs) and all(k in keys for k in self.join_keys)
+
+    def resolve(self, samples: Sequence[Any]) -> tuple[ServedRows, np.ndarray, np.ndarray]:
+        """(rows of the samples that got features, mask over `samples`, source per sample: 0 none, 1 served, 2 online)."""
+        n = len(samples)
+        source = np.zeros(n, dtype=np.int8)
+        rows: list[tuple[Mapping[str, Any], int] | None] = [None] * n
+        wanted = [i for i, s in enumerate(samples) if s.features.served_feature_id]
+        if self.cache is not None and wanted:
+            newest = max(int(samples[i].impression_timestamp_ms) for i in wanted)
+            if any(self.cache.get(samples[i].features.served_feature_id) is None for i in wanted):
+                self.cache.catch_up(newest, self.wait_s)
+            for i in wanted:
+                s = samples[i]
+                rec = self.cache.get(s.features.served_feature_id)
+                if rec is None or not self._usable(rec):
+                    continue
+                row = rec.rows.get(s.features.item_id or s.item_id)
+                if row is not None:
+                    rows[i] = (rec.data, row)
+                    source[i] = 1
+        if self.client is not None:
+            missing = [i for i in range(n) if rows[i] is None]
+            if missing:
+                self._online(samples, missing, rows, source)
+        ok = source > 0
+        picked = [r for r in rows if r is not None]
+        return ServedRows(picked, self.join_keys, self.encoder.feature_set), ok, source
+
+    def _online(self, samples: Sequence[Any], missing: list[int], rows: list[Any], source: np.ndarray) -> None:
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i in missing:
+            s = samples[i]
+            groups.setdefault((s.user_id, int(s.impression_timestamp_ms)), []).append(i)
+        for (user, ts), members in groups.items():
+            items = [samples[i].item_id for i in members]
+            try:
+                feats = self.client.get_online_features(None, {"user_id": [user] * len(items), "item_id": items},
+                                                        self.feature_set or self.encoder.feature_set, {"event_ts": ts})
+                rec = served_record(feats, served_feature_id="online")
+            except Exception as exc:  # noqa: BLE001 - the store may be down: these samples are skipped
+                _log.warning("online features for user %s unavailable: %s", user, exc)
+                continue
+            for row, i in enumerate(members):
+                rows[i] = (rec, row)
+                source[i] = 2
+
+
+def fit_table(encoder: Any, rows: ServedRows) -> Any:
+    """The Arrow table ``FeatureEncoder.fit`` reads (its numeric and bag columns, typed) of served rows."""
+    import pyarrow as pa
+
+    from featurestore.definitions import ValueType
+    from featurestore.served_log import ARROW_TYPES
+
+    cols = {f.column: pa.array(rows.column(f.source), type=ARROW_TYPES[ValueType(f.dtype)])
+            for f in encoder.fields if f.kind in ("num", "bag")}
+    return pa.table(cols) if cols else pa.table({"_": pa.array([], pa.int8())})
+
+
+__all__ = ["ONLINE", "SERVED", "FeatureResolver", "ServedFeatureCache", "ServedRows", "fit_table"]
