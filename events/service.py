@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import logging
 import sys
 import time
@@ -83,6 +84,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self.publisher = publisher
         self.dedup = dedup
         self.in_flight: set[asyncio.Future[int]] = set()  # publishes still running (their callers may be gone)
+        # Claim tokens: unique per call and per process, without a urandom read per call.
+        process = uuid.uuid4().hex
+        self._tokens = (f"{process}:{n}" for n in itertools.count())
 
     async def LogEvents(self, request: events_pb2.LogEventsRequest, context: grpc.aio.ServicerContext) -> events_pb2.LogEventsResponse:
         received = now_ms()
@@ -126,7 +130,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         """Claim, publish, mark done; returns the number of duplicates. Raises _Busy or PublishError."""
         ids = [event.event_id for event in events]
         dedup = self.dedup
-        claim = await dedup.claim(ids, uuid.uuid4().hex) if dedup is not None \
+        claim = await dedup.claim(ids, next(self._tokens)) if dedup is not None \
             else Claim(owned=list(range(len(ids))), degraded=True)
         owned_ids = [ids[i] for i in claim.owned]
         keeps_claims = dedup is not None and not claim.degraded
