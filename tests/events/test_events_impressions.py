@@ -161,3 +161,19 @@ def test_close_reports_what_kafka_never_got(config: Config) -> None:
     stats = logger.close(timeout_s=0.5)
     assert stats == {"accepted": 10, "sent": 0, "dropped": 0, "failed": 0, "buffered": 0, "unflushed": 10}
     assert metric("cascade_impressions_total", {"outcome": "unflushed"}) - unflushed_before == 10
+
+
+def test_a_record_kafka_refuses_is_counted_failed(config: Config, bootstrap: str, new_topic) -> None:
+    topic = new_topic("impressions")
+    # The producer refuses records over max_request_size (MessageSizeTooLargeError): a failure no retry fixes.
+    logger = ImpressionLogger(config, bootstrap, topic=topic, max_request_size=2048)
+    logger.start()
+    imps = impressions_from_feed(feed_response(n=3), user_id="u", surface="s")
+    imps[1].served_feature_id = "x" * 4096
+    failed_before = metric("cascade_impressions_total", {"outcome": "failed"})
+    assert logger.log(imps) == 4
+    stats = logger.close()
+    assert stats == {"accepted": 4, "sent": 3, "dropped": 0, "failed": 1, "buffered": 0, "unflushed": 0}
+    assert metric("cascade_impressions_total", {"outcome": "failed"}) - failed_before == 1
+    got = sorted(records_pb2.Impression.FromString(v).item_id for _, v in consume(bootstrap, config, topic, 3))
+    assert got == sorted(imp.item_id for i, imp in enumerate(imps) if i != 1)
