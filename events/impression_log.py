@@ -33,7 +33,7 @@ from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from cascade.config import Config
-from events.producer import make_producer, user_key
+from events.producer import close_producer, make_producer, user_key
 from proto.cascade.v1 import common_pb2, feed_pb2, records_pb2
 
 _log = logging.getLogger("cascade.events.impressions")
@@ -205,11 +205,7 @@ class ImpressionLogger:
         with self._cond:
             producer = self._producer
         if producer is not None:
-            try:
-                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-            except KafkaError:
-                pass  # timed out: counted below
-            producer.close(timeout=max(0.0, deadline - time.monotonic()))
+            close_producer(producer, deadline - time.monotonic())  # what is still pending is counted below
         with self._cond:
             unflushed = self._accepted - self._sent - self._failed
             self._final = {"accepted": self._accepted, "sent": self._sent, "dropped": self._dropped,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from cascade.config import Config
 
@@ -39,3 +40,21 @@ def make_producer(bootstrap: str, config: Config, **overrides: Any) -> KafkaProd
 def user_key(user_id: str) -> bytes:
     """The record key: user_id as UTF-8 (records.proto: a user's records share a partition)."""
     return user_id.encode("utf-8")
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> bool:
+    """Close within ``timeout_s``, even with records Kafka will never take; False if some were abandoned.
+
+    kafka-python 3.0's ``close(timeout)`` flushes first and raises KafkaTimeoutError
+    when that flush times out, leaving its sender thread running (and retrying
+    until ``delivery_timeout_ms``). Then the sender is force-closed, which aborts
+    the pending batches: their futures fail, so callers' error callbacks run.
+    """
+    try:
+        producer.close(timeout=max(0.0, timeout_s))
+        return True
+    except KafkaError:
+        sender = getattr(producer, "_sender", None)  # no public way to abort pending batches
+        if sender is not None:
+            sender.force_close()
+        return False

@@ -27,7 +27,7 @@ from kafka.errors import KafkaError
 from prometheus_client import Histogram
 
 from cascade.config import Config
-from events.producer import make_producer, user_key
+from events.producer import close_producer, make_producer, user_key
 from proto.cascade.v1 import events_pb2
 from serving.metrics import LATENCY_BUCKETS
 
@@ -160,11 +160,7 @@ class EventPublisher:
         def shut() -> None:
             self._closed = True
             if self._producer is not None:
-                try:
-                    self._producer.flush(timeout=timeout)
-                except KafkaError:
-                    pass
-                self._producer.close(timeout=timeout)
+                close_producer(self._producer, timeout)
 
         # On the publish thread, after any send already queued there.
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from prometheus_client import REGISTRY
 
@@ -177,3 +178,29 @@ def test_a_record_kafka_refuses_is_counted_failed(config: Config, bootstrap: str
     assert metric("cascade_impressions_total", {"outcome": "failed"}) - failed_before == 1
     got = sorted(records_pb2.Impression.FromString(v).item_id for _, v in consume(bootstrap, config, topic, 3))
     assert got == sorted(imp.item_id for i, imp in enumerate(imps) if i != 1)
+
+
+def test_broker_crash_leaves_every_impression_accounted_for(config: Config, tmp_path, unique_prefix: str) -> None:
+    import os
+    import signal
+
+    from events_helpers import create_topic
+    from stack.kafka_broker import EmbeddedKafka
+
+    broker = EmbeddedKafka(tmp_path).start()  # a private broker this test may kill
+    try:
+        topic = create_topic(broker.bootstrap_servers, config, f"{unique_prefix}-private")
+        logger = ImpressionLogger(config, broker.bootstrap_servers, topic=topic)
+        logger.start()
+        first = impressions_from_feed(feed_response("before", n=9), user_id="u", surface="s")
+        logger.log(first)
+        deadline = time.monotonic() + 20
+        while logger.stats()["sent"] < len(first) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(broker.pid, signal.SIGKILL)
+        logger.log(impressions_from_feed(feed_response("after", n=9), user_id="u", surface="s"))
+        stats = logger.close(timeout_s=1.0)
+    finally:
+        broker.stop()
+    assert stats["accepted"] == 20 and stats["sent"] == 10 and stats["buffered"] == 0
+    assert stats["failed"] + stats["unflushed"] == 10  # never silently lost: every one is a number

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import grpc
@@ -235,3 +237,31 @@ def test_a_caller_that_gives_up_leaves_no_claim_behind(config, stack, redis, new
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The publish ran to its end after the caller left (stop() waits for it) and released its claims.
     assert list(redis.scan_iter(f"{unique_prefix}:*")) == []
+
+
+def test_broker_lost_after_start_is_unavailable_and_nothing_is_marked(config, stack, redis, tmp_path, unique_prefix) -> None:
+    from stack.kafka_broker import EmbeddedKafka
+
+    from events_helpers import create_topic
+
+    broker = EmbeddedKafka(tmp_path).start()  # a private broker this test may kill
+    try:
+        topic = create_topic(broker.bootstrap_servers, config, f"{unique_prefix}-private")
+        now = now_ms()
+        before, after = request(ev(0, now), ev(1, now)), request(ev(2, now), ev(3, now))
+
+        async def calls(stub, channel):
+            ok = await stub.LogEvents(before, timeout=10)
+            os.kill(broker.pid, signal.SIGKILL)  # Kafka crashes while the service runs
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.LogEvents(after, timeout=10)
+            return ok, info.value
+
+        ok, err = serve(fast(config, publish_timeout_s=1.0), stack.redis_url, broker.bootstrap_servers, topic,
+                        unique_prefix, calls)
+    finally:
+        broker.stop()
+    assert (ok.accepted_count, ok.duplicate_count) == (2, 0)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "retry the same batch" in err.details()
+    keys = sorted(k.decode().rsplit(":", 1)[-1] for k in redis.scan_iter(f"{unique_prefix}:*"))
+    assert keys == ["e-0", "e-1"]  # only the acked batch is remembered: the retry of the other one publishes
