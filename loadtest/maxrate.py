@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadtest.report import LoadReport
+from loadtest.report import LAG_WARN_MS, LoadReport
 from loadtest.runner import Progress, run_open_loop
 
 
@@ -74,7 +74,10 @@ def judge(report: LoadReport, p99_ms_goal: float, max_error_rate: float) -> tupl
         detail = f"{worst[0]} {worst[1]}" if worst else f"DROPPED {report.dropped}"
         return False, f"errors and drops {100 * report.error_rate:.2f}% > {100 * max_error_rate:g}% ({detail})"
     if p99 > p99_ms_goal:
-        return False, f"p99 {p99:.2f} ms > {p99_ms_goal:g} ms"
+        lag = report.client_lag.p99_ms
+        behind = f"; the generator itself lagged (client lag p99 {lag:.1f} ms): add processes" \
+            if lag is not None and lag > max(LAG_WARN_MS, p99_ms_goal / 2) else ""
+        return False, f"p99 {p99:.2f} ms > {p99_ms_goal:g} ms{behind}"
     return True, "within goal"
 
 

@@ -19,6 +19,8 @@ from loadtest.samples import DROPPED, OK, Samples, count_codes
 # Histogram bins: 20 per decade from 1 us to 1000 s, so the log-scale plot is smooth and
 # any latency a gRPC call can have lands in a bin (out-of-range values go to the end bins).
 _HIST_EDGES_MS = np.logspace(-3, 6, 9 * 20 + 1)
+LAG_WARN_MS = 5.0
+"""Client lag p99 above this means the generator itself fell behind (CPU-starved or too few processes)."""
 
 
 @dataclass
@@ -237,6 +239,9 @@ def format_summary(r: LoadReport, per_second: bool = False) -> str:
         f"degraded   {r.degraded}" + (f" ({100.0 * r.degraded_rate:.2f}% of ok)" if r.degraded_rate is not None else "")
         + (f"   items/response {r.items_mean:.1f}" if r.items_mean is not None else ""),
     ]
+    if lag.p99_ms is not None and lag.p99_ms > LAG_WARN_MS:
+        lines.append(f"warning: the generator fell behind its schedule (client lag p99 {lag.p99_ms:.1f} ms); latency "
+                     "includes that delay: give it more --processes or a quieter machine")
     for code, msg in sorted(r.error_messages.items()):
         lines.append(f"  {code}: {msg}")
     if per_second:

@@ -205,8 +205,8 @@ class _Worker:
 
 async def _run(spec: WorkerSpec, conn: Any, counters: Any) -> WorkerResult | None:
     # A plain channel with the project's options, not serving.make_channel: a load generator is an edge
-    # client with nothing to propagate, and the Python client interceptor cost 2.4x the client CPU per
-    # call (measured: 1,400 vs 3,400 calls/s from one process against the test stub).
+    # client with no request id or deadline to propagate, and the interceptor costs client CPU per call
+    # (measured against the test stub, 32 calls in flight: ~220 vs ~255 us/call).
     channel = grpc.aio.insecure_channel(spec.target, options=channel_options(spec.grpc))
     try:
         try:

@@ -152,11 +152,12 @@ def test_plots_are_valid_pngs(parts: list[Samples], tmp_path: Path) -> None:
             assert data[:8] == PNG_MAGIC and len(data) > 5000, path
 
 
-def _synthetic_report(rate: float, p99_s: float, errors: int = 0) -> LoadReport:
+def _synthetic_report(rate: float, p99_s: float, errors: int = 0, lag_s: float = 0.0) -> LoadReport:
     n = 100
     code = np.array([UNAVAILABLE] * errors + [OK] * (n - errors))
     lat = np.full(n, p99_s)
-    s = Samples.from_columns(np.linspace(0, 0.99, n), lat, np.zeros(n), code, np.zeros(n, bool), np.zeros(n, int), 0)
+    s = Samples.from_columns(np.linspace(0, 0.99, n), lat, np.full(n, lag_s), code, np.zeros(n, bool),
+                             np.zeros(n, int), 0)
     return build_report(s, RunSettings(mode="open", target="t", duration_s=1.0, warmup_s=0.0, processes=1, rate=rate,
                                        arrival="uniform", max_in_flight=10))
 
@@ -168,6 +169,12 @@ def test_judge() -> None:
     passed, reason = judge(_synthetic_report(10, 0.005, errors=2), 10.0, 0.0)
     assert not passed and "UNAVAILABLE 2" in reason
     assert judge(_synthetic_report(10, 0.005, errors=2), 10.0, 0.05)[0]
+    # A step the generator could not keep up with says so, in the verdict and in the summary.
+    lagging = _synthetic_report(10, 0.5, lag_s=0.4)
+    passed, reason = judge(lagging, 10.0, 0.0)
+    assert not passed and "generator itself lagged" in reason
+    assert "fell behind its schedule" in lagging.summary()
+    assert "fell behind" not in _synthetic_report(10, 0.5).summary()
 
 
 def test_find_max_rate_search_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
