@@ -503,6 +503,25 @@ class FeedGateway:
 
             self.background.spawn("impressions", log)
 
+    async def warm_up(self, user_id: str = "warmup", timeout_s: float = 5.0) -> bool:
+        """One pass through every stage with nothing written anywhere (no history, no logs): first-call costs
+        (connections, lazy plans, code paths never run) are paid before real traffic. False if a stage failed."""
+        try:
+            rec = await self.recall.call(recall_pb2.RecallRequest(
+                user_id=user_id, count=min(self.fc.candidates, 200), request_id="warmup"), timeout_s)
+            ids = [c.item_id for c in rec.candidates]
+            if ids:
+                await self.ranking.call(ranking_pb2.RankRequest(user_id=user_id, item_ids=ids, request_id="warmup"), timeout_s)
+                if self.attributes is not None and self.attributes.enabled:
+                    await asyncio.wait_for(asyncio.to_thread(self.attributes.read, user_id, ids), timeout_s)
+                await self.rerank.call(rerank_pb2.RerankRequest(
+                    user_id=user_id, count=min(10, len(ids)), request_id="warmup",
+                    candidates=[rerank_pb2.RerankCandidate(item_id=i, score=0.5) for i in ids]), timeout_s)
+            return True
+        except Exception as exc:  # noqa: BLE001 - serving starts anyway; the stage will degrade on its own
+            _log.warning("feed: warm-up pass failed: %s: %s", type(exc).__name__, exc)
+            return False
+
     async def close(self, timeout_s: float | None = None) -> None:
         """Let the after-response tasks finish (bounded), cancel the rest."""
         await self.background.drain(timeout_s)

@@ -92,8 +92,9 @@ class FeedPipeline:
                  servers: dict[str, Any] | None = None, owned_servers: Sequence[str] = (),
                  stages: dict[str, Stage] | None = None, addresses: dict[str, str] | None = None,
                  impression_logger: Any = None, feature_client: Any = None, namespace: str | None = None,
-                 closers: Sequence[Any] = ()) -> None:
+                 closers: Sequence[Any] = (), warm_up: bool = True) -> None:
         self.config = config
+        self.warm_up = warm_up
         self.redis_url = redis_url
         self.kafka_bootstrap = kafka_bootstrap
         self.servers = dict(servers or {})
@@ -187,6 +188,8 @@ class FeedPipeline:
             popular=None if redis is None else PopularItems(redis, self.namespace, fc.popular_fallback_items),
             history=None if redis is None else AsyncImpressionHistory.from_config(redis, self.config.rerank),
             impression_logger=self.impression_logger, impressions_from_feed=convert)
+        if self.warm_up:
+            await self._gateway.warm_up()
 
     async def stop(self, grace: float | None = None) -> None:
         if self._gateway is not None:
