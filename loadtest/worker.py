@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from array import array
 import signal
 import time
 import traceback
@@ -118,7 +119,8 @@ class _Worker:
         self.timeout_s = spec.timeout_s if spec.timeout_s is not None else spec.grpc.default_deadline_s
         self.warmup_requests = 0
         self.messages: dict[str, str] = {}
-        self.cols: tuple[list[float], list[float], list[float], list[int], list[bool], list[int]] = ([], [], [], [], [], [])
+        # Typed arrays, not lists: 27 bytes a request instead of ~200 as Python objects.
+        self.cols = (array("d"), array("d"), array("f"), array("h"), array("b"), array("i"))
 
     def _record(self, measured: bool, sched_rel: float, latency: float, lag: float, code: int,
                 degraded: bool, items: int) -> None:
@@ -128,7 +130,7 @@ class _Worker:
             self.warmup_requests += 1
             return
         for col, v in zip(self.cols, (sched_rel, latency, lag, code, degraded, items)):
-            col.append(v)  # type: ignore[attr-defined]
+            col.append(v)
 
     async def _call(self, due: float, measured: bool) -> None:
         """Send one request due at monotonic ``due``; record latency from ``due`` (or from the send, if early). Never raises."""
