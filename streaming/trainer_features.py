@@ -46,6 +46,7 @@ _log = logging.getLogger("cascade.streaming.features")
 
 SERVED = "served_log"
 ONLINE = "online"
+_TIME_SLACK_MS = 30_000
 
 
 class ServedRows:
@@ -100,9 +101,8 @@ class ServedFeatureCache:
         self._decoded: OrderedDict[str, _Record | None] = OrderedDict()
         self._decoded_keep = decoded_keep
         self._tps: list[Any] = []
-        self._end: dict[Any, int] = {}
+        self._last_ms: dict[Any, int] = {}  # newest record timestamp read, per partition
         self.started = False
-        self.seen_ms = 0  # newest Kafka record timestamp read
         self.stats = {"records": 0, "evicted": 0}
 
     @classmethod
@@ -133,23 +133,17 @@ class ServedFeatureCache:
             hit = found.get(tp)
             self.consumer.seek(tp, hit.offset if hit is not None else end[tp])
 
-    def _caught_up(self) -> bool:
-        if not self._tps:
-            return True
-        self._end = self.consumer.end_offsets(self._tps)
-        return all(self.consumer.position(tp) >= self._end[tp] for tp in self._tps)
-
     def read(self, timeout_ms: int = 0) -> int:
         """Read what is available now (at most one poll); returns the number of records taken."""
         if not self._tps:
             return 0
         got = 0
-        for messages in self.consumer.poll(timeout_ms=timeout_ms, max_records=2000).values():
+        for tp, messages in self.consumer.poll(timeout_ms=timeout_ms, max_records=2000).items():
             for m in messages:
+                self._last_ms[tp] = max(self._last_ms.get(tp, 0), int(m.timestamp or 0))
                 if m.key is None or m.value is None:
                     continue
                 self._put(m.key.decode(errors="replace"), m.value)
-                self.seen_ms = max(self.seen_ms, int(m.timestamp or 0))
                 got += 1
         return got
 
@@ -167,14 +161,25 @@ class ServedFeatureCache:
             self.stats["evicted"] += 1
 
     def catch_up(self, until_ms: int, wait_s: float) -> None:
-        """Read until records newer than `until_ms` were seen or the topic's end is reached (at most `wait_s`)."""
+        """Read every partition up to its end offset now, or past `until_ms` (plus slack) by record time; at most `wait_s`.
+
+        A served record is written when the request is served, before its
+        impression's time, so once a partition's records are newer than the
+        newest impression wanted (with ``_TIME_SLACK_MS`` for producer clock
+        skew), reading that partition further cannot find it.
+        """
         if not self.started:
             self._start(until_ms - self.lookback_ms)
+        if not self._tps:
+            return
+        end = self.consumer.end_offsets(self._tps)
         deadline = time.monotonic() + wait_s
         while True:
-            self.read(timeout_ms=50)
-            if self.seen_ms > until_ms or self._caught_up() or time.monotonic() >= deadline:
+            pending = [tp for tp in self._tps if self.consumer.position(tp) < end[tp]
+                       and self._last_ms.get(tp, 0) <= until_ms + _TIME_SLACK_MS]
+            if not pending or time.monotonic() >= deadline:
                 return
+            self.read(timeout_ms=50)
 
     def get(self, sfid: str) -> _Record | None:
         if sfid in self._decoded:
