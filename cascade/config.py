@@ -263,6 +263,8 @@ class FeedConfig(_Section):
                     "(one online read for all candidates, the 'features' stage); a list value gives its first element.",
     )
     user_features: tuple[str, ...] = Field((), description="User features read in the same online read (shown by `cascade feed show`, kept in FeedResult).")
+    item_attributes_cache_items: int = Field(200_000, ge=0, description="Item attributes kept in process (catalogue data hardly changes); 0: read every candidate every time.")
+    item_attributes_ttl_s: float = Field(300.0, ge=0.0, description="How long a cached item attribute is trusted.")
     last_good_items: int = Field(100, ge=1, le=1000, description="Items kept as the user's last good feed: the served page, then the rest of the ranked list.")
     popular_fallback_items: int = Field(300, ge=1, le=5000, description="Items read from the popular (trending) set when recall fails and no last good feed is left.")
     fallback_seen_window_hours: float = Field(72.0, gt=0.0, description="Fallback feeds skip items shown to the user within this long (impression history).")

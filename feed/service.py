@@ -168,7 +168,8 @@ class FeedPipeline:
                 self.feature_client = FeatureClient.from_config(self.config, self.redis_url, check_registry=False)
                 self._owned.append(self.feature_client)
         if self.feature_client is not None:
-            attributes = ItemAttributes(self.feature_client, fc.item_attributes, fc.user_features)
+            attributes = ItemAttributes(self.feature_client, fc.item_attributes, fc.user_features,
+                                        cache_items=fc.item_attributes_cache_items, cache_ttl_s=fc.item_attributes_ttl_s)
             attributes.check()
         convert = None
         if self.impression_logger is None and self.kafka_bootstrap:

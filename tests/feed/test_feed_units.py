@@ -176,3 +176,32 @@ def test_the_last_good_record_keeps_the_page_first_then_more_of_the_ranked_list(
     stored = feed_pb2.GetFeedResponse.FromString(LastGoodFeeds.record(page, more, max_items=4))
     assert [i.item_id for i in stored.items] == ["a", "b", "c", "d"]
     assert stored.request_id == "r" and stored.served_at_ms == 5
+
+
+# ---------------------------------------------------------------- item attributes (real feature store)
+
+
+def test_item_attributes_are_read_once_then_served_from_the_cache(feed_env):
+    from featurestore.client import FeatureClient
+
+    from feed.attributes import EMPTY, ItemAttributes
+
+    env = feed_env
+    now = [1000.0]
+    client = FeatureClient.from_config(env.config, env.redis_url, check_registry=False)
+    try:
+        attrs = ItemAttributes(client, env.config.feed.item_attributes, cache_items=4, cache_ttl_s=60.0, clock=lambda: now[0])
+        ids = ["1", "2", "3"]
+        assert attrs.cached(ids) is None  # nothing cached yet
+        first = attrs.read("7", [*ids, "999999"])
+        assert [a[:2] for a in first.attrs[:3]] == [env.attrs[i][:2] for i in ids]  # category, author of the catalogue
+        assert first.attrs[3] == EMPTY and first.missing == 1  # not in the catalogue
+        assert attrs.stats == {"hits": 0, "misses": 4}
+        assert attrs.cached(ids).attrs == first.attrs[:3]  # no I/O now
+        again = attrs.read("7", ["4", "1"])  # only "4" is read
+        assert attrs.stats["misses"] == 5 and again.attrs[1] == first.attrs[0]
+        assert attrs.cached(["1"]) is None and attrs.cached(["2", "4"]) is not None  # 4 entries at most: first in, first out
+        now[0] += 61.0
+        assert attrs.cached(["2"]) is None  # expired
+    finally:
+        client.close()
