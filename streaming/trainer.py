@@ -124,6 +124,7 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
         self._publish_thread: threading.Thread | None = None
         self.publish_errors: list[BaseException] = []
+        self.timing = {"poll_s": 0.0, "features_s": 0.0, "encode_s": 0.0, "learn_s": 0.0}  # where step time goes
 
     # ------------------------------------------------------------------ start / restore
 
@@ -259,6 +260,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def poll(self) -> list[_Polled]:
+        t0 = time.perf_counter()
         got: list[_Polled] = []
         records = self.consumer.poll(timeout_ms=self.s.trainer_poll_ms, max_records=self.s.trainer_batch_size)
         for tp, messages in records.items():
@@ -271,6 +273,8 @@ class Trainer:
                 except Exception:  # noqa: BLE001 - counted and skipped
                     sample = None
                 got.append(_Polled(tp.partition, m.offset, sample))
+        if got:  # (an empty poll is waiting, not work)
+            self.timing["poll_s"] += time.perf_counter() - t0
         return got
 
     def step(self) -> int:
@@ -322,7 +326,9 @@ class Trainer:
         cand = [s for s, f in zip(good, fresh) if f]
         cand_h = [h for h, f in zip(hashes, fresh) if f]
         if cand:
+            t1 = time.perf_counter()
             rows, ok, source = self.resolver.resolve(cand)
+            self.timing["features_s"] += time.perf_counter() - t1
             missing = int((~ok).sum())
             if missing:
                 self.counts["no_features"] += missing
@@ -330,10 +336,14 @@ class Trainer:
             learn = [s for s, o in zip(cand, ok) if o]
             learn_h = [h for h, o in zip(cand_h, ok) if o]
             if learn:
+                t2 = time.perf_counter()
                 arrays = self.encoder.encode_online(rows)  # type: ignore[union-attr]
                 idx, val = self.layout.sparse(arrays)
+                t3 = time.perf_counter()
                 y = np.fromiter((s.label for s in learn), dtype=np.float64, count=len(learn))
                 p = self.learner.learn_many(idx, val, y)
+                self.timing["encode_s"] += t3 - t2
+                self.timing["learn_s"] += time.perf_counter() - t3
                 self.pv.update(p, y)
                 self.dedup.add(learn_h)
                 self.learned.add(learn_h)
@@ -380,6 +390,7 @@ class Trainer:
         metrics = {"samples_learned": float(self.counts["learned"]), "positives_learned": float(self.counts["positives"]),
                    "newest_click_ms": float(self.newest_click_ms), **self.pv.export()}
         info = {"offsets": {str(p): o for p, o in sorted(self.offsets.items())}, "topic": self.samples_topic,
+                "snapshot_ms": int(time.time() * 1000),
                 "newest_click_ms": self.newest_click_ms, "newest_click_sample_id": self.newest_click_id,
                 "samples_learned": self.counts["learned"], "learned_set": self.learned.to_json(),
                 "hyperparameters": self.learner.hyperparameters()}

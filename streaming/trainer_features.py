@@ -57,6 +57,8 @@ class ServedRows:
         self._rows = list(rows)
         self.feature_set = feature_set
         self.key_columns = {k: [rec["entity_keys"][k][i] for rec, i in self._rows] for k in join_keys}
+        self._values = [rec["values"] for rec, _ in self._rows]
+        self._index = [i for _, i in self._rows]
         self._cols: dict[str, list[Any]] = {}
 
     def __len__(self) -> int:
@@ -65,7 +67,11 @@ class ServedRows:
     def column(self, ref: str) -> list[Any]:
         col = self._cols.get(ref)
         if col is None:
-            col = self._cols[ref] = [_value(rec, ref, i) for rec, i in self._rows]
+            try:
+                col = [values[ref][i] for values, i in zip(self._values, self._index)]
+            except KeyError:  # a record without this feature: None there
+                col = [_value(rec, ref, i) for rec, i in self._rows]
+            self._cols[ref] = col
         return col
 
     def valid(self, ref: str) -> np.ndarray:
@@ -80,10 +86,11 @@ def _value(rec: Mapping[str, Any], ref: str, i: int) -> Any:
 class _Record:
     """A decoded served record with its item -> row index."""
 
-    __slots__ = ("data", "rows")
+    __slots__ = ("data", "rows", "usable")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
+        self.usable: bool | None = None  # has every feature the resolver reads (decided on first use)
         items = (data.get("entity_keys") or {}).get("item_id") or []
         self.rows = {str(v): i for i, v in enumerate(items)}
 
@@ -91,7 +98,7 @@ class _Record:
 class ServedFeatureCache:
     """Served-feature records by id, read from the ``features`` topic; see the module docstring."""
 
-    def __init__(self, consumer: Any, topic: str, *, max_bytes: int, lookback_ms: int, decoded_keep: int = 256) -> None:
+    def __init__(self, consumer: Any, topic: str, *, max_bytes: int, lookback_ms: int, decoded_keep: int = 4096) -> None:
         self.consumer = consumer
         self.topic = topic
         self.max_bytes = int(max_bytes)
@@ -220,9 +227,11 @@ class FeatureResolver:
         self.refs = sorted({f.source for f in encoder.fields if not f.is_key})
 
     def _usable(self, rec: _Record) -> bool:
-        values = rec.data.get("values") or {}
-        keys = rec.data.get("entity_keys") or {}
-        return all(r in values for r in self.refs) and all(k in keys for k in self.join_keys)
+        if rec.usable is None:
+            values = rec.data.get("values") or {}
+            keys = rec.data.get("entity_keys") or {}
+            rec.usable = all(r in values for r in self.refs) and all(k in keys for k in self.join_keys)
+        return rec.usable
 
     def resolve(self, samples: Sequence[Any]) -> tuple[ServedRows, np.ndarray, np.ndarray]:
         """(rows of the samples that got features, mask over `samples`, source per sample: 0 none, 1 served, 2 online)."""
@@ -231,12 +240,19 @@ class FeatureResolver:
         rows: list[tuple[Mapping[str, Any], int] | None] = [None] * n
         wanted = [i for i, s in enumerate(samples) if s.features.served_feature_id]
         if self.cache is not None and wanted:
-            newest = max(int(samples[i].impression_timestamp_ms) for i in wanted)
-            if any(self.cache.get(samples[i].features.served_feature_id) is None for i in wanted):
-                self.cache.catch_up(newest, self.wait_s)
+            records: dict[str, _Record | None] = {}  # each record looked up (and decoded) once per batch
+            for i in wanted:
+                sfid = samples[i].features.served_feature_id
+                if sfid not in records:
+                    records[sfid] = self.cache.get(sfid)
+            missing = [sfid for sfid, rec in records.items() if rec is None]
+            if missing:
+                self.cache.catch_up(max(int(samples[i].impression_timestamp_ms) for i in wanted), self.wait_s)
+                for sfid in missing:
+                    records[sfid] = self.cache.get(sfid)
             for i in wanted:
                 s = samples[i]
-                rec = self.cache.get(s.features.served_feature_id)
+                rec = records[s.features.served_feature_id]
                 if rec is None or not self._usable(rec):
                     continue
                 row = rec.rows.get(s.features.item_id or s.item_id)
@@ -244,9 +260,9 @@ class FeatureResolver:
                     rows[i] = (rec.data, row)
                     source[i] = 1
         if self.client is not None:
-            missing = [i for i in range(n) if rows[i] is None]
-            if missing:
-                self._online(samples, missing, rows, source)
+            absent = [i for i in range(n) if rows[i] is None]
+            if absent:
+                self._online(samples, absent, rows, source)
         ok = source > 0
         picked = [r for r in rows if r is not None]
         return ServedRows(picked, self.join_keys, self.encoder.feature_set), ok, source
