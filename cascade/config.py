@@ -303,6 +303,18 @@ class StreamingConfig(_Section):
     positive_event_types: tuple[str, ...] = Field(("click",), description="Event types (decoded names) that make a sample positive.")
     joiner_group: str = Field("streaming-joiner", description="Kafka consumer group of the joiner.")
     joiner_max_pending: int = Field(1_000_000, description="Open impressions (and early clicks) held by the joiner; beyond it the oldest close early.")
+    # Joiner (streaming/joiner.py, streaming/join_state.py, streaming/join_checkpoint.py).
+    joiner_allowed_lateness_s: float = Field(10.0, ge=0.0, description="Watermark = oldest input partition's newest event time minus this: how late (event time) a click may be read and still join.")
+    joiner_idle_advance_s: float = Field(10.0, gt=0.0, description="After every input partition has been consumed to its end for this long, the watermark advances with the wall clock (a quiet stream still closes windows).")
+    joiner_dedup_retention_s: float = Field(600.0, ge=0.0, description="How long past its window (event time) an emitted sample id is remembered; an impression arriving later than that is dropped (counted), never emitted twice.")
+    joiner_max_emitted: int = Field(2_000_000, ge=1, description="Emitted sample ids remembered at most; beyond it the oldest are forgotten early (counted).")
+    joiner_checkpoint_interval_s: float = Field(1.0, gt=0.0, description="Flush the samples and checkpoint state + offsets to Redis this often (also on shutdown).")
+    joiner_poll_max_records: int = Field(5000, ge=1, description="Most records handled per consumer poll.")
+    joiner_linger_ms: int = Field(50, ge=0, description="Samples wait at most this long (plus one poll) to be sent in a fuller batch.")
+    joiner_fetch_max_wait_ms: int = Field(100, ge=0, description="Longest the broker holds a fetch of the inputs open (Kafka's default 500 ms adds that much latency on Tansu).")
+    joiner_key_prefix: str = Field("cascade:joiner", description="Namespace of the joiner's Redis checkpoint (one per joiner_group).")
+    joiner_compact_min_mb: float = Field(64.0, gt=0.0, description="Checkpoint deltas are folded into a new snapshot once they exceed this and twice the snapshot.")
+    joiner_feature_set: str = Field("", description="Feature set named in LabeledSample.features (version from the feature registry); empty: ranking.feature_set.")
     trainer_group: str = Field("streaming-trainer", description="Kafka consumer group of the FTRL trainer.")
     ftrl_alpha: float = 0.05
     ftrl_beta: float = 1.0

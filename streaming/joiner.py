@@ -1,0 +1,533 @@
+"""The streaming joiner: impressions ⋈ events -> labelled samples on Kafka, exactly once in effect.
+
+Reads the impressions topic (``records_pb2.Impression``) and the events topic
+(``events_pb2.Event``), joins them by ``(request_id, item_id)`` in
+:class:`streaming.join_state.JoinState` (clicks before their impression,
+duplicates, orphans, late records, bounded state, the event-time watermark:
+see there) and writes one ``records_pb2.LabeledSample`` per impression to the
+samples topic, keyed by ``user_id``: label 1 as soon as a positive event
+joins, label 0 when the attribution window closes.
+
+Guarantee
+---------
+For every impression record read that is not dropped as *expired* (its
+window ended before the dedup floor; counted), the samples topic receives
+**exactly one record** with its ``sample_id`` -- after any number of crashes
+(``kill -9`` at any instruction), restarts, Kafka send failures or Redis
+failures. No loss, and no duplicate *in the topic* (not merely "duplicates
+downstream de-duplicates"), so consumers need no de-duplication of their own
+for a single joiner per group. Two assumptions: one joiner runs per
+``joiner_group`` at a time (a second start fences the first: its next
+checkpoint fails and it stops, see below), and a produce request that the
+broker received from a killed joiner is appended before the restarted joiner
+has read the output tail (a restart takes seconds; a loopback append, micro-
+seconds). Labels of samples written before a crash and replayed after it are
+the ones first written.
+
+How (read-your-own-output recovery)
+-----------------------------------
+* Partitions are assigned manually (no consumer-group protocol: nothing to
+  rebalance, instant start); input offsets live in the checkpoint, not in Kafka.
+* Every ``joiner_checkpoint_interval_s``: flush the producer (every sample
+  written so far is acknowledged, or the flush raises), read the samples
+  topic's end offsets, then write -- in one Redis MULTI/EXEC guarded by the
+  joiner's epoch (:mod:`streaming.join_checkpoint`) -- the state changes since
+  the last checkpoint (open impressions, early events, emitted-sample
+  markers), the input offsets and those output end offsets.
+* Recovery (every start, and after a failed send): load the checkpoint, read
+  the samples topic from the checkpointed end offsets to its current end:
+  those samples were written after the checkpoint, so their ids are marked
+  emitted; then re-read the inputs from the checkpointed offsets. Replayed
+  impressions and clicks meet the markers and are not written again; the
+  samples that had not landed are written now. The producer never retries on
+  its own (a retry can append twice); a failed send is a recovery instead.
+
+Why not Kafka transactions: probed against the Tansu broker with kafka-python
+3.0 (``init_transactions`` / ``commit`` / ``abort`` all succeed), a
+``read_committed`` consumer still receives the records of an *aborted*
+transaction -- aborting does not hide output there, so transactions cannot
+make it exactly-once; and they could not cover the join state in Redis anyway.
+
+Why event time: see :class:`streaming.join_state.Watermark` (processing-time
+fallback for quiet streams included).
+
+Scaling: one joiner per group reads every partition. Impressions and events
+are keyed by user_id, so they are co-partitioned; a sample goes to the input
+partition's number when the samples topic has as many partitions as the
+impressions topic (the partition its key hashes to), else to the key's hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from kafka import TopicPartition
+
+from streaming import joiner_metrics as M
+from streaming.join_checkpoint import CheckpointFenced, JoinCheckpoint
+from streaming.join_state import (
+    JoinCounts,
+    JoinState,
+    Watermark,
+    decode_entries,
+    encode_entries,
+    event_type_numbers,
+    parse_sample_id,
+)
+from streaming.sample_writer import BatchSampleWriter, OutputTail, SampleWriteError, SampleWriter, make_writer, topic_partitions
+
+log = logging.getLogger(__name__)
+
+_SNAPSHOT_CHUNK = 8 * 1024 * 1024
+_MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class JoinerTopics:
+    """Physical topic names; `from_config` takes the configured ones (config.kafka.topics keys)."""
+
+    impressions: str
+    events: str
+    samples: str
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: str | None) -> "JoinerTopics":
+        names = {role: role for role in ("impressions", "events", "samples")}
+        missing = [n for n in names if n not in config.kafka.topics]
+        if missing:
+            raise ValueError(f"config.kafka.topics lacks {missing}")
+        names.update({k: v for k, v in overrides.items() if v})
+        return cls(**names)
+
+
+@dataclass
+class JoinerStats:
+    """What one `run` did (counts are deltas over the run)."""
+
+    counts: JoinCounts = field(default_factory=JoinCounts)
+    records: int = 0
+    seconds: float = 0.0
+    checkpoints: int = 0
+    recoveries: int = 0
+    recovered_samples: int = 0
+    lag: int | None = None
+    idle: bool = False
+    open: int = 0
+    emitted_markers: int = 0
+    watermark_ms: int | None = None
+
+    def summary(self) -> str:
+        c = self.counts
+        rate = self.records / self.seconds if self.seconds > 0 else 0.0
+        return (f"records={self.records} ({rate:,.0f}/s) samples={c.samples} (pos={c.positives} neg={c.negatives}) "
+                f"orphan_clicks={c.orphan_clicks} dup={c.duplicate_impressions + c.duplicate_clicks} "
+                f"late={c.late_clicks} overflow={c.closed_overflow} no_request_id={c.no_request_id} "
+                f"invalid={c.invalid} open={self.open} markers={self.emitted_markers} lag={self.lag} "
+                f"checkpoints={self.checkpoints} recoveries={self.recoveries}")
+
+
+def input_consumer_options(config: Any) -> dict[str, Any]:
+    """KafkaConsumer settings of the joiner's input consumer (also the benchmark's raw-consume baseline)."""
+    s = config.streaming
+    return {"max_poll_records": s.joiner_poll_max_records, "fetch_max_wait_ms": s.joiner_fetch_max_wait_ms,
+            "fetch_max_bytes": 16 * 1024 * 1024}
+
+
+def resolve_feature_set(config: Any) -> tuple[str, int] | None:
+    """(name, version) for LabeledSample.features.feature_set: the configured set at the live registry version."""
+    name = config.streaming.joiner_feature_set or config.ranking.feature_set
+    if not name:
+        return None
+    try:
+        from featurestore.registry import Registry
+
+        live = Registry.from_config(config).live
+        if live is None:
+            return None
+        return name, int(live.feature_set_version(name))
+    except Exception:  # noqa: BLE001 - no registry / unknown set: leave the reference unset
+        log.info("joiner: feature set %r has no applied registry version; samples leave features.feature_set unset", name)
+        return None
+
+
+class Joiner:
+    """One joiner instance for `group` (default ``streaming.joiner_group``); see the module docstring.
+
+    Drive it with :meth:`run` (until :meth:`stop`, `seconds`, or
+    `until_idle`: every input partition consumed to its end; `drain` then
+    also closes every open impression as a negative before the final
+    checkpoint -- end of input, for tests and backfills).
+    """
+
+    def __init__(self, config: Any, redis_client: Any, bootstrap: str, *, topics: JoinerTopics | None = None,
+                 group: str | None = None, feature_set: tuple[str, int] | None | str = "auto", writer: str = "batch",
+                 log_interval_s: float = 10.0, clock_ms: Callable[[], int] | None = None) -> None:
+        s = config.streaming
+        self.config = config
+        self.topics = topics or JoinerTopics.from_config(config)
+        self.group = group or s.joiner_group
+        self.redis = redis_client
+        self.bootstrap = bootstrap
+        self.window_ms = int(round(s.attribution_window_s * 1000))
+        self.positive = event_type_numbers(s.positive_event_types)
+        self.checkpoint_interval_s = s.joiner_checkpoint_interval_s
+        self.poll_max = s.joiner_poll_max_records
+        self.compact_min_bytes = int(s.joiner_compact_min_mb * 1024 * 1024)
+        self.log_interval_s = log_interval_s
+        self.clock_ms = clock_ms
+        self.writer_kind = writer
+        self.feature_set = resolve_feature_set(config) if feature_set == "auto" else feature_set
+        self.checkpoint = JoinCheckpoint(redis_client, s.joiner_key_prefix, self.group)
+        self._stop = threading.Event()
+        self._started = False
+        self._closed = False
+        self.epoch = 0
+        self.stats_total = JoinerStats()
+        self.counts = JoinCounts()  # cumulative over recoveries (each recovery builds a new JoinState)
+        self.consumer: Any = None
+        self.writer: SampleWriter | BatchSampleWriter | None = None
+        self.tail: OutputTail | None = None
+        self.state: JoinState = self._new_state()
+        self.watermark = Watermark(int(s.joiner_allowed_lateness_s * 1000), int(s.joiner_idle_advance_s * 1000))
+        self.positions: dict[TopicPartition, int] = {}
+        self.input_tps: list[TopicPartition] = []
+        self.out_partition: dict[int, int | None] = {}
+        self._unsaved: list[bytes] = []
+        self._snapshot_bytes = 0
+        self._delta_bytes = 0
+        self._published = self.counts.copy()
+        self._last_checkpoint = 0.0
+        self._last_log = 0.0
+        self._logged = JoinCounts()
+        self._logged_records = 0
+
+    # ------------------------------------------------------------------ wiring
+    def _new_state(self) -> JoinState:
+        s = self.config.streaming
+        return JoinState(window_ms=self.window_ms, positive_types=self.positive, max_pending=s.joiner_max_pending,
+                         max_emitted=s.joiner_max_emitted, retention_ms=int(s.joiner_dedup_retention_s * 1000),
+                         emit=self._emit, feature_set=self.feature_set, clock_ms=self.clock_ms, counts=self.counts)
+
+    def _emit(self, value: bytes, key: bytes, partition: int, label: int) -> None:
+        self.writer.write(value, key, self.out_partition.get(partition))  # type: ignore[union-attr]
+
+    def start(self) -> None:
+        """Connect, take over the group (epoch) and recover from the checkpoint. `run` calls it."""
+        if self._started:
+            return
+        from stack.clients import kafka_consumer
+
+        kc = self.config.kafka
+        timeout_s = kc.request_timeout_ms / 1000
+        self.consumer = kafka_consumer(self.bootstrap, kc, None, **input_consumer_options(self.config))
+        try:
+            imp = topic_partitions(self.consumer, self.topics.impressions, timeout_s)
+            ev = topic_partitions(self.consumer, self.topics.events, timeout_s)
+            self.input_tps = ([TopicPartition(self.topics.impressions, p) for p in imp]
+                              + [TopicPartition(self.topics.events, p) for p in ev])
+            self.consumer.assign(self.input_tps)
+            self.tail = OutputTail(self.bootstrap, kc, self.topics.samples)
+            same = len(self.tail.partitions) == len(imp)
+            self.out_partition = {p: (p if same else None) for p in imp}
+            self.writer = make_writer(self.bootstrap, kc, self.topics.samples, self.writer_kind,
+                                      self.config.streaming.joiner_linger_ms)
+            self.epoch = self.checkpoint.acquire()
+            self._started = True
+            self._recover("start")
+        except BaseException:
+            self.close()
+            raise
+
+    def _recover(self, reason: str) -> None:
+        """Rebuild state and positions from the checkpoint and the output tail (see the module docstring)."""
+        t0 = time.monotonic()
+        M.RECOVERIES.labels(reason).inc()
+        self.stats_total.recoveries += 1
+        assert self.writer is not None and self.tail is not None
+        self.writer.reset()
+        stored = self.checkpoint.load()
+        self.state = self._new_state()
+        s = self.config.streaming
+        self.watermark = Watermark(int(s.joiner_allowed_lateness_s * 1000), int(s.joiner_idle_advance_s * 1000))
+        self._unsaved = []
+        begin = self.consumer.beginning_offsets(self.input_tps)
+        found = 0
+        if stored is None:
+            positions = {tp: int(begin[tp]) for tp in self.input_tps}
+            out = self.tail.end_offsets()
+            self.positions = positions
+            self._write_snapshot(out)  # before anything is written: a crash from here on knows where output began
+            log.info("joiner %s: no checkpoint, starting at the inputs' beginning", self.group)
+        else:
+            meta = stored.meta
+            saved = meta.get("topics", {})
+            current = {"impressions": self.topics.impressions, "events": self.topics.events,
+                       "samples": self.topics.samples}
+            if saved and saved != current:
+                raise ValueError(f"checkpoint of group {self.group!r} was written for topics {saved}, not {current}; "
+                                 "use another group or reset it (cascade streaming join --reset)")
+            state = self.state
+            state.load(item for blob in stored.blobs for item in decode_entries(blob))
+            state.set_times(int(meta["watermark_ms"]), int(meta["floor_ms"]))
+            self.watermark.value = state.watermark_ms
+            self._snapshot_bytes = int(meta.get("snapshot_bytes", 0))
+            self._delta_bytes = sum(len(d) for d in stored.deltas)
+            offsets = meta.get("in", {})
+            self.positions = {tp: max(int(offsets.get(f"{tp.topic}:{tp.partition}", 0)), int(begin[tp]))
+                              for tp in self.input_tps}
+            out_start = {int(p): int(o) for p, o in meta.get("out", {}).items()}
+            for value in self.tail.read(out_start):
+                parsed = parse_sample_id(value)
+                if parsed is None:
+                    continue
+                sid, imp_ms, label = parsed
+                if state.mark_emitted(sid, imp_ms + self.window_ms, label):
+                    state.recovered.add(sid)
+                    found += 1
+        for tp, offset in self.positions.items():
+            self.consumer.seek(tp, offset)
+        M.RECOVERED_SAMPLES.inc(found)
+        self.stats_total.recovered_samples += found
+        self._last_checkpoint = time.monotonic()
+        log.info("joiner %s: recovered (%s) in %.2fs: open=%d markers=%d, %d samples already in the output after the "
+                 "checkpoint", self.group, reason, time.monotonic() - t0, self.state.n_open, self.state.n_done, found)
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Finish the batch in hand, flush, checkpoint and return from `run` (safe from a signal handler)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for part in (self.writer, self.tail):
+            if part is not None:
+                part.close()
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def __enter__(self) -> "Joiner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def run(self, seconds: float | None = None, *, until_idle: bool = False, drain: bool = False) -> JoinerStats:
+        """Join until stop() (or `seconds`, or idle with `until_idle`/`drain`); always ends with a checkpoint."""
+        before = self.counts.copy()
+        records0, ckpt0, rec0, found0 = (self.stats_total.records, self.stats_total.checkpoints,
+                                         self.stats_total.recoveries, self.stats_total.recovered_samples)
+        t0 = time.monotonic()
+        self.start()  # a first start's recovery counts in this run
+        deadline = t0 + seconds if seconds is not None else None
+        idle = False
+        backoff = 0.1
+        self._last_log = t0
+        while True:
+            try:
+                while not self._stop.is_set():
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    got = self._step()
+                    if (until_idle or drain) and got == 0 and self._caught_up():
+                        idle = True
+                        if drain:
+                            self.state.drain()
+                        break
+                    if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_s:
+                        self._checkpoint()
+                    self._maybe_log()
+                    backoff = 0.1
+                self._checkpoint(final=True)
+                break
+            except SampleWriteError as exc:
+                log.warning("joiner %s: %s; recovering from the checkpoint in %.1fs", self.group, exc, backoff)
+                if self._stop.wait(backoff):
+                    break  # the checkpoint in Redis stays consistent; the next start recovers from it
+                backoff = min(_MAX_BACKOFF_S, backoff * 2)
+                self._recover("write_error")
+            except redis.RedisError as exc:  # the recovery itself could not read the checkpoint
+                log.warning("joiner %s: Redis error (%s); retrying in %.1fs", self.group, exc, backoff)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(_MAX_BACKOFF_S, backoff * 2)
+                self._recover("redis_error")
+        total = self.stats_total
+        run = JoinerStats(counts=self.counts.minus(before),
+                          records=total.records - records0, seconds=time.monotonic() - t0,
+                          checkpoints=total.checkpoints - ckpt0, recoveries=total.recoveries - rec0,
+                          recovered_samples=total.recovered_samples - found0, lag=self._lag(), idle=idle,
+                          open=self.state.n_open, emitted_markers=self.state.n_done,
+                          watermark_ms=self.state.watermark_ms)
+        log.info("joiner %s: run ended: %s", self.group, run.summary())
+        return run
+
+    # ------------------------------------------------------------------ loop
+    def _step(self) -> int:
+        polled = self.consumer.poll(timeout_ms=200, max_records=self.poll_max)
+        state, wm = self.state, self.watermark
+        imp_topic = self.topics.impressions
+        n = 0
+        for tp, records in polled.items():
+            if not records:
+                continue
+            n += len(records)
+            newest = -1
+            if tp.topic == imp_topic:
+                feed = state.impression
+                part = tp.partition
+                for rec in records:
+                    t = feed(rec.value, part, rec.timestamp)
+                    if t > newest:
+                        newest = t
+            else:
+                feed_ev = state.event
+                for rec in records:
+                    t = feed_ev(rec.value, rec.timestamp)
+                    if t > newest:
+                        newest = t
+            if newest >= 0:
+                wm.observe(tp, newest)
+            self.positions[tp] = records[-1].offset + 1
+            M.RECORDS_IN.labels(tp.topic).inc(len(records))
+        self.stats_total.records += n
+        caught = self._caught_up_set()
+        state.advance(wm.update(self.input_tps, caught, time.monotonic()))
+        self.writer.poll()  # type: ignore[union-attr]
+        self._publish()
+        return n
+
+    def _caught_up_set(self) -> list[TopicPartition]:
+        out = []
+        for tp in self.input_tps:
+            hw = self.consumer.highwater(tp)
+            if hw is not None and self.positions.get(tp, 0) >= hw:
+                out.append(tp)
+        return out
+
+    def _caught_up(self) -> bool:
+        return len(self._caught_up_set()) == len(self.input_tps)
+
+    def _lag(self) -> int | None:
+        if self.consumer is None:
+            return None
+        total = 0
+        for tp in self.input_tps:
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                return None
+            total += max(0, hw - self.positions.get(tp, 0))
+        return total
+
+    def _publish(self) -> None:
+        """Counters to Prometheus once per batch (not per record)."""
+        c, p = self.state.counts, self._published
+        for name, (metric, label) in M.COUNT_METRICS.items():
+            d = getattr(c, name) - getattr(p, name)
+            if d:
+                metric.labels(label).inc(d)
+        self._published = c.copy()
+        M.PENDING.labels("open").set(self.state.n_open)
+        M.PENDING.labels("emitted").set(self.state.n_done)
+        wm = self.state.watermark_ms
+        if wm > 0:
+            M.WATERMARK.set(wm / 1000)
+            M.WATERMARK_DELAY.set(time.time() - wm / 1000)
+
+    def _checkpoint(self, final: bool = False) -> None:
+        """Flush the output, then commit state changes + input offsets + output end offsets atomically."""
+        t0 = time.perf_counter()
+        assert self.writer is not None and self.tail is not None
+        self.writer.flush()  # SampleWriteError -> recovery
+        out = self.tail.end_offsets()
+        delta = encode_entries(self.state.take_delta())
+        if delta:
+            self._unsaved.append(delta)
+        pending_bytes = sum(len(d) for d in self._unsaved)
+        compact = self._delta_bytes + pending_bytes > max(self.compact_min_bytes, 2 * self._snapshot_bytes)
+        try:
+            if compact:
+                self._write_snapshot(out)
+                M.CHECKPOINTS.labels("compacted").inc()
+            else:
+                self.checkpoint.commit(self.epoch, self._unsaved, self._meta(out))
+                self._delta_bytes += pending_bytes
+                self._unsaved = []
+                M.CHECKPOINTS.labels("ok").inc()
+        except CheckpointFenced:
+            raise
+        except redis.RedisError as exc:
+            M.CHECKPOINTS.labels("redis_error").inc()
+            if final:
+                raise
+            log.warning("joiner %s: checkpoint failed (%s: %s); kept, retried at the next one", self.group,
+                        type(exc).__name__, exc)
+            self._last_checkpoint = time.monotonic()
+            return
+        self.stats_total.checkpoints += 1
+        self._last_checkpoint = time.monotonic()
+        M.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
+        for tp in self.input_tps:
+            hw = self.consumer.highwater(tp)
+            if hw is not None:
+                M.LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - self.positions.get(tp, 0)))
+
+    def _write_snapshot(self, out: dict[int, int]) -> None:
+        chunks: list[bytes] = []
+        batch: list[Any] = []
+        size = 0
+        for sid, e in self.state.snapshot():
+            batch.append((sid, e))
+            size += 40 + len(sid) + len(e[4]) + len(e[5])
+            if size >= _SNAPSHOT_CHUNK:
+                chunks.append(encode_entries(batch))
+                batch, size = [], 0
+        if batch:
+            chunks.append(encode_entries(batch))
+        self._snapshot_bytes = sum(len(c) for c in chunks)
+        self.checkpoint.compact(self.epoch, chunks, self._meta(out))
+        self.state.dirty = set()
+        self._unsaved = []
+        self._delta_bytes = 0
+
+    def _meta(self, out: dict[int, int]) -> dict[str, Any]:
+        return {
+            "topics": {"impressions": self.topics.impressions, "events": self.topics.events,
+                       "samples": self.topics.samples},
+            "in": {f"{tp.topic}:{tp.partition}": off for tp, off in self.positions.items()},
+            "out": {str(p): o for p, o in out.items()},
+            "watermark_ms": self.state.watermark_ms,
+            "floor_ms": self.state.floor_ms,
+            "snapshot_bytes": self._snapshot_bytes,
+            "open": self.state.n_open,
+            "emitted": self.state.n_done,
+            "updated_ms": int(time.time() * 1000),
+        }
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < self.log_interval_s:
+            return
+        c = self.state.counts
+        d = c.minus(self._logged)
+        records = self.stats_total.records - self._logged_records
+        dt = now - self._last_log
+        log.info("joiner %s: %.0f records/s, %d samples (pos %d, neg %d), open=%d markers=%d lag=%s wm_delay=%.1fs",
+                 self.group, records / dt, d.samples, d.positives, d.negatives, self.state.n_open, self.state.n_done,
+                 self._lag(), time.time() - self.state.watermark_ms / 1000 if self.state.watermark_ms > 0 else -1)
+        self._last_log = now
+        self._logged = c.copy()
+        self._logged_records = self.stats_total.records
+
+
+__all__ = ["Joiner", "JoinerStats", "JoinerTopics", "input_consumer_options", "resolve_feature_set"]

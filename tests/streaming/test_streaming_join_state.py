@@ -1,0 +1,269 @@
+"""The joiner's state machine without servers: joins, duplicates, orphans, watermark, bounds, persistence."""
+
+from __future__ import annotations
+
+import pytest
+
+from proto.cascade.v1.common_pb2 import ChannelScore, ExperimentAssignment, ModelVersion
+from proto.cascade.v1.events_pb2 import Event
+from proto.cascade.v1.records_pb2 import Impression, LabeledSample
+from streaming.dedup import SampleDeduper
+from streaming.join_state import (
+    DONE,
+    EARLY,
+    OPEN,
+    JoinState,
+    Watermark,
+    decode_entries,
+    encode_entries,
+    event_type_numbers,
+    parse_sample_id,
+)
+
+W = 10_000  # attribution window, ms
+T0 = 1_700_000_000_000
+CLICK, LIKE, DWELL = 1, 2, 4
+
+
+def imp(req: str, item: str, ts: int, user: str = "u1", **kw) -> bytes:
+    return Impression(request_id=req, user_id=user, item_id=item, timestamp_ms=ts, **kw).SerializeToString()
+
+
+def ev(req: str, item: str, ts: int, type: int = CLICK, event_id: str = "", user: str = "u1") -> bytes:
+    return Event(event_id=event_id or f"{req}-{item}-{ts}-{type}", type=type, user_id=user, item_id=item,
+                 request_id=req, timestamp_ms=ts - 7, received_at_ms=ts).SerializeToString()
+
+
+class Out:
+    def __init__(self) -> None:
+        self.samples: list[tuple[LabeledSample, bytes, int]] = []
+
+    def __call__(self, value: bytes, key: bytes, partition: int, label: int) -> None:
+        s = LabeledSample.FromString(value)
+        assert int(s.label) == label
+        self.samples.append((s, key, partition))
+
+    def labels(self) -> dict[str, int]:
+        ids = [s.sample_id for s, _, _ in self.samples]
+        assert len(ids) == len(set(ids)), f"a sample id was emitted twice: {ids}"
+        return {s.sample_id: int(s.label) for s, _, _ in self.samples}
+
+
+def make(out: Out, **kw) -> JoinState:
+    args = dict(window_ms=W, positive_types=frozenset({CLICK}), max_pending=1000, max_emitted=1000,
+                retention_ms=5_000, emit=out, clock_ms=lambda: T0 + 99)
+    args.update(kw)
+    return JoinState(**args)
+
+
+def test_click_joins_at_once_and_window_closes_negative() -> None:
+    out = Out()
+    st = make(out, feature_set=("fs", 3))
+    mv = ModelVersion(model_name="ctr", version="v7", kind=1)
+    st.impression(imp("r1", "a", T0, position=2, served_feature_id="sf1", model_version=mv,
+                      experiment=ExperimentAssignment(bucket="control"),
+                      recall_channels=[ChannelScore(channel="popular", score=1.0)]), partition=3)
+    st.impression(imp("r1", "b", T0, position=3), partition=3)
+    st.event(ev("r1", "a", T0 + 500, type=DWELL))
+    st.event(ev("r1", "a", T0 + 900))
+    assert out.labels() == {"r1:a": 1}  # positive as soon as the click arrives
+    s, key, partition = out.samples[0]
+    assert key == b"u1" and partition == 3
+    assert (s.request_id, s.user_id, s.item_id, s.position) == ("r1", "u1", "a", 2)
+    assert list(s.event_types) == [DWELL, CLICK]  # first-occurrence order
+    assert s.impression_timestamp_ms == T0 and s.click_timestamp_ms == T0 + 900 - 7  # the event's own time
+    assert s.features.served_feature_id == "sf1" and s.features.item_id == "a"
+    assert (s.features.feature_set.name, s.features.feature_set.version) == ("fs", 3)
+    assert s.model_version == mv and s.joined_at_ms == T0 + 99
+    st.advance(T0 + W - 1)
+    assert out.labels() == {"r1:a": 1}
+    st.advance(T0 + W)  # the window of r1:b ends at T0 + W
+    assert out.labels() == {"r1:a": 1, "r1:b": 0}
+    neg = out.samples[1][0]
+    assert neg.label == 0 and not neg.event_types and not neg.HasField("click_timestamp_ms")
+    assert not neg.HasField("features")  # no served_feature_id on that impression
+    assert st.counts.closed_watermark == 1 and st.n_open == 0 and st.n_done == 2
+
+
+def test_click_before_impression() -> None:
+    out = Out()
+    st = make(out)
+    st.event(ev("r2", "x", T0 + 300, type=LIKE))
+    st.event(ev("r2", "x", T0 + 400))
+    assert st.entries["r2:x"][0] == EARLY and not out.samples
+    st.impression(imp("r2", "x", T0), partition=0)
+    assert out.labels() == {"r2:x": 1}
+    assert list(out.samples[0][0].event_types) == [LIKE, CLICK]
+    # an early non-positive event becomes part of the open impression
+    st.event(ev("r3", "y", T0 + 10, type=DWELL))
+    st.impression(imp("r3", "y", T0), partition=0)
+    assert st.entries["r3:y"][0] == OPEN and st.entries["r3:y"][4] == bytes([DWELL])
+
+
+def test_duplicates_make_one_sample() -> None:
+    out = Out()
+    st = make(out)
+    st.impression(imp("r", "a", T0), partition=0)
+    st.impression(imp("r", "a", T0), partition=0)  # re-sent impression while open
+    click = ev("r", "a", T0 + 50, event_id="e1")
+    st.event(click)
+    st.event(click)  # same event_id again (a retried LogEvents)
+    st.event(ev("r", "a", T0 + 80, event_id="e2"))  # a second click on the same impression
+    st.impression(imp("r", "a", T0), partition=0)  # and the impression once more, after the sample
+    st.advance(T0 + 10 * W)
+    assert out.labels() == {"r:a": 1}
+    assert st.counts.duplicate_impressions == 2 and st.counts.duplicate_clicks == 2
+    # early duplicate clicks too
+    st.event(ev("q", "b", T0 + 20, event_id="e3"))
+    st.event(ev("q", "b", T0 + 20, event_id="e3"))
+    st.impression(imp("q", "b", T0 + 10), partition=0)
+    assert out.labels()["q:b"] == 1 and st.counts.duplicate_clicks == 3
+
+
+def test_orphans_no_request_id_late_and_invalid_are_counted() -> None:
+    out = Out()
+    st = make(out)
+    st.event(ev("gone", "z", T0))  # its impression never comes
+    st.event(ev("gone2", "z", T0, type=DWELL))
+    st.event(Event(event_id="d", type=CLICK, user_id="u1", item_id="z", timestamp_ms=T0).SerializeToString())
+    st.event(b"\xff\xff not a proto")
+    st.impression(imp("", "a", T0), partition=0)  # no request id
+    st.impression(imp("late", "a", T0), partition=0)
+    st.advance(T0 + W - 1)
+    assert st.counts.orphan_clicks == 0 and "gone:z" in st.entries
+    st.event(ev("late", "a", T0 + W + 5))  # read before the window closed, but after the window in event time
+    st.advance(T0 + W + 10)
+    assert out.labels() == {"late:a": 0}
+    assert st.counts.orphan_clicks == 1 and st.counts.orphan_events == 1
+    assert st.counts.no_request_id == 1 and st.counts.invalid == 2 and st.counts.late_clicks == 1
+    assert "gone:z" not in st.entries
+    st.event(ev("late", "a", T0 + W + 20))  # a click for an emitted negative: late, no new sample
+    assert st.counts.late_clicks == 2 and len(out.samples) == 1
+
+
+def test_bounded_state_closes_oldest_as_negatives() -> None:
+    out = Out()
+    st = make(out, max_pending=3)
+    for i in range(5):
+        st.impression(imp(f"r{i}", "a", T0 + i * 100), partition=0)
+    assert st.n_open == 3 and out.labels() == {"r0:a": 0, "r1:a": 0}
+    assert st.counts.closed_overflow == 2
+    st.event(ev("r0", "a", T0 + 50))  # its click, after the early close: late, not a second sample
+    st.event(ev("x", "y", T0 + 999))  # an early click overflows too: the oldest entry goes (r2)
+    assert st.n_open == 3 and out.labels()["r2:a"] == 0 and st.counts.late_clicks == 1
+
+
+def test_markers_are_forgotten_and_expired_impressions_dropped() -> None:
+    out = Out()
+    st = make(out, retention_ms=1_000)
+    st.impression(imp("r", "a", T0), partition=0)
+    st.advance(T0 + W)  # closes: window end T0 + W, marker until T0 + W + 1000
+    assert st.n_done == 1
+    st.impression(imp("r", "a", T0), partition=0)
+    assert st.counts.duplicate_impressions == 1
+    st.advance(T0 + W + 1_000)
+    assert st.n_done == 0 and st.floor_ms == T0 + W and st.counts.forgotten == 1
+    st.impression(imp("r", "a", T0), partition=0)  # could be a duplicate of the forgotten sample: dropped
+    st.impression(imp("s", "a", T0 + 1), partition=0)  # window ends after the floor: a late impression, kept
+    assert st.counts.expired_impressions == 1
+    st.advance(T0 + W + 1_001)
+    assert out.labels() == {"r:a": 0, "s:a": 0}
+    # max_emitted: the oldest markers go early, raising the floor
+    st2 = make(Out(), max_emitted=2)
+    for i in range(3):
+        st2.impression(imp(f"m{i}", "a", T0 + i), partition=0)
+    st2.advance(T0 + W + 5)
+    assert st2.n_done == 2 and st2.counts.evicted_markers == 1 and st2.floor_ms == T0 + W
+
+
+def test_drain_closes_everything() -> None:
+    out = Out()
+    st = make(out)
+    st.impression(imp("r", "a", T0), partition=0)
+    st.event(ev("o", "b", T0))
+    st.drain()
+    assert out.labels() == {"r:a": 0} and st.counts.closed_drain == 1 and st.counts.orphan_clicks == 1
+    assert st.n_open == 0
+
+
+def test_delta_and_snapshot_round_trip() -> None:
+    out = Out()
+    st = make(out)
+    st.impression(imp("r", "a", T0), partition=1)
+    st.event(ev("e", "b", T0 + 5, type=DWELL))
+    st.impression(imp("d", "c", T0), partition=0)
+    st.event(ev("d", "c", T0 + 5))
+    first = st.take_delta()
+    assert {sid for sid, _ in first} == {"r:a", "e:b", "d:c"} and not st.dirty
+    st.event(ev("e", "b", T0 + 6))  # the early entry becomes positive
+    st.advance(T0 + W)  # r:a closes (marker); e:b's early entry (positive at T0+6, close T0+W+6) stays
+    second = st.take_delta()
+    blob = encode_entries(first) + encode_entries(second)
+    restored = make(Out())
+    restored.load(decode_entries(blob))
+    assert restored.entries == st.entries
+    assert (restored.n_open, restored.n_done) == (st.n_open, st.n_done)
+    assert restored.entries["r:a"][0] == DONE and restored.entries["e:b"][0] == EARLY
+    # the restored state keeps joining: the positive early entry's impression arrives
+    out2 = Out()
+    joined = make(out2)
+    joined.load(decode_entries(blob))
+    joined.impression(imp("e", "b", T0 + 1), partition=0)
+    assert out2.labels() == {"e:b": 1}
+    # tombstones: a forgotten marker and an orphaned early entry disappear
+    st.advance(T0 + W + 10_000)
+    third = st.take_delta()
+    assert any(e is None for _, e in third)
+    restored.load(decode_entries(encode_entries(third)))
+    assert restored.entries == st.entries and not restored.entries
+    with pytest.raises(ValueError):
+        list(decode_entries(blob[:-3]))
+
+
+def test_recovered_samples_are_marked_and_replays_counted() -> None:
+    out = Out()
+    st = make(out)
+    value = imp("r", "a", T0)
+    st.impression(value, partition=0)
+    st.impression(imp("r", "b", T0), partition=0)
+    emitted = Out()
+    other = make(emitted)
+    other.impression(value, partition=0)
+    other.event(ev("r", "a", T0 + 5))
+    sid, imp_ms, label = parse_sample_id(emitted.samples[0][0].SerializeToString())
+    assert (sid, imp_ms, label) == ("r:a", T0, 1)
+    assert st.mark_emitted(sid, imp_ms + W, label) and not st.mark_emitted(sid, imp_ms + W, label)
+    st.recovered.add(sid)
+    assert st.n_open == 1 and st.n_done == 1
+    st.impression(value, partition=0)  # the replayed impression
+    assert st.counts.replayed == 1 and st.counts.duplicate_impressions == 0
+    st.drain()
+    assert out.labels() == {"r:b": 0}
+
+
+def test_watermark_min_of_partitions_idle_advance() -> None:
+    wm = Watermark(lateness_ms=100, idle_ms=2_000)
+    parts = ["i0", "i1", "e0"]
+    assert wm.update(parts, [], 0.0) < 0  # nothing read yet
+    wm.observe("i0", 10_000)
+    wm.observe("i1", 5_000)
+    assert wm.update(parts, [], 0.0) < 0  # e0 has records but none read: holds
+    wm.observe("e0", 7_000)
+    assert wm.update(parts, [], 0.0) == 4_900  # the slowest partition decides
+    assert wm.update(parts, ["i1"], 0.0) == 6_900  # i1 consumed to its end: no longer holds
+    assert wm.update(parts, ["i1", "e0", "i0"], 0.0) == 9_900  # all caught up: the newest
+    assert wm.update(parts, ["i1", "e0", "i0"], 1.9) == 9_900  # quiet, within the grace
+    assert wm.update(parts, ["i1", "e0", "i0"], 5.0) == 9_900 + 5_000  # quiet: the wall clock takes over
+    wm.observe("i1", 6_000)
+    assert wm.update(parts, [], 6.0) == 14_900  # never moves back
+
+
+def test_positive_types_and_dedup() -> None:
+    assert event_type_numbers(["click", "LIKE"]) == frozenset({1, 2})
+    with pytest.raises(ValueError, match="unknown event type"):
+        event_type_numbers(["clik"])
+    d = SampleDeduper(capacity=2)
+    assert d.filter(["a", "b", "a", "c", "a"]) == [True, True, False, True, True]  # "a" evicted by "c"
+    assert d.duplicates == 1 and d.evicted == 2 and len(d) == 2
+    again = SampleDeduper.from_state(d.state(), capacity=2)
+    assert again.check("a") and not again.check("b")
