@@ -57,4 +57,6 @@ def close_producer(producer: KafkaProducer, timeout_s: float) -> bool:
         sender = getattr(producer, "_sender", None)  # no public way to abort pending batches
         if sender is not None:
             sender.force_close()
+            # Closed for good: otherwise __del__ tries close(timeout=1) again and raises during garbage collection.
+            producer._closed = True
         return False
