@@ -659,12 +659,20 @@ class ModelRegistry:
             state = replace(state, versions={**state.versions, version: replace(rec, status=FAILED, status_message=_clip(message))})
             self._write(state, "load_failed", version=version, reason=_clip(message, 512))
 
-    def prune(self, keep: int, name: str | None = None) -> list[str]:
-        """Delete the oldest registered versions beyond the newest `keep`, never the live, previous or split ones."""
+    def prune(self, keep: int, name: str | None = None, *, keep_previous: int | None = None) -> list[str]:
+        """Delete the oldest registered versions beyond the newest `keep`, never the live, previous or split ones.
+
+        `keep_previous` protects only the most recent that many previous live
+        versions (rollback targets) instead of all of them: a trainer promoting
+        a version every few seconds would otherwise keep every one it ever
+        promoted (up to the audit bound). Pruned versions leave ``previous``.
+        """
         name = self._name(name)
         with self._locked(name):
             state = self.state(name)
-            protected = {state.live, *state.previous}
+            previous = state.previous if keep_previous is None else \
+                state.previous[max(0, len(state.previous) - max(0, keep_previous)):]
+            protected = {state.live, *previous}
             if state.traffic_split:
                 protected |= {state.traffic_split.treatment_version, state.traffic_split.control_version}
             removable = [r for r in state.ordered()[keep:] if r.version not in protected]
@@ -673,7 +681,9 @@ class ModelRegistry:
             versions = dict(state.versions)
             for rec in removable:
                 versions.pop(rec.version)
-            self._write(replace(state, versions=versions), "prune", versions=[r.version for r in removable])
+            gone = {r.version for r in removable}
+            self._write(replace(state, versions=versions, previous=tuple(v for v in state.previous if v not in gone)),
+                        "prune", versions=[r.version for r in removable])
         for rec in removable:
             if rec.path:
                 shutil.rmtree(rec.path, ignore_errors=True)

@@ -21,8 +21,10 @@ What a version records, so freshness is measured rather than guessed:
   ``offset < offsets[partition]``, whatever the order clicks arrived in).
 
 Versions are named ``ftrl-<UTC yyyymmddThhmmssmmm>-n<samples learned>``. Older
-versions beyond ``streaming.keep_versions`` are pruned (the registry never
-prunes the live version, its rollback targets or a split's versions).
+versions beyond ``streaming.keep_versions`` are pruned, except the live one, a
+split's, and the ``keep_versions`` most recent rollback targets (every
+published version is promoted, so without that bound every one would stay a
+protected rollback target).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class Publisher:
             raise
         if self.keep_versions > 0:
             with contextlib.suppress(Exception):
-                self.registry.prune(self.keep_versions, self.name)
+                self.registry.prune(self.keep_versions, self.name, keep_previous=self.keep_versions)
         _log.info("published %s/%s in %.3fs", self.name, version, time.perf_counter() - t0,
                   extra={"model": self.name, "version": version})
         return version

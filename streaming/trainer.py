@@ -122,6 +122,7 @@ class Trainer:
         self._learned_at_publish = 0
         self._last_publish = time.monotonic()
         self._last_checkpoint = time.monotonic()
+        self._last_export = 0.0
         self._publish_thread: threading.Thread | None = None
         self.publish_errors: list[BaseException] = []
         self.timing = {"poll_s": 0.0, "features_s": 0.0, "encode_s": 0.0, "learn_s": 0.0}  # where step time goes
@@ -297,6 +298,9 @@ class Trainer:
         self.maybe_publish()
         if time.monotonic() - self._last_checkpoint >= self.s.checkpoint_every_s:
             self.checkpoint()
+        if polled and time.monotonic() - self._last_export >= 1.0:  # the gauges follow the live loss
+            self._last_export = time.monotonic()
+            self.pv.export()
         return len(polled)
 
     def _fit(self, samples: list[Any]) -> None:

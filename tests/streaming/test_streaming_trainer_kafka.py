@@ -193,6 +193,12 @@ def test_duplicates_are_learned_once_and_missing_vectors_come_from_the_online_st
     producer.flush()
     total = len(samples) + 25 + len(unlogged) + 1
 
+    from prometheus_client import REGISTRY
+
+    def metric(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {o: metric("cascade_streaming_trainer_samples_total", outcome=o) for o in ("learned", "duplicate")}
     learned_log = tmp_path / "learned.txt"
     trainer = Trainer(cfg, stack.kafka_bootstrap, repo=repo, feature_client=client, samples_topic=samples_topic,
                       features_topic=features_topic, learned_log=learned_log).start()
@@ -207,6 +213,9 @@ def test_duplicates_are_learned_once_and_missing_vectors_come_from_the_online_st
     c = trainer.counts
     assert c["learned"] == len(samples) + len(unlogged) and c["duplicate"] == 25 and c["bad_record"] == 1
     assert c["no_features"] == 0
+    assert metric("cascade_streaming_trainer_samples_total", outcome="learned") - before["learned"] == c["learned"]
+    assert metric("cascade_streaming_trainer_samples_total", outcome="duplicate") - before["duplicate"] == 25
+    assert 0.0 < metric("cascade_streaming_trainer_logloss") < 5.0  # the progressive-validation gauge is live
     ids = learned_log.read_text().split()
     assert sorted(ids) == sorted(s.sample_id for s in samples + unlogged)
     ckpt = load_checkpoint(tmp_path / "var" / cfg.streaming.checkpoint_subdir / f"trainer-{cfg.streaming.model_name}")

@@ -118,3 +118,30 @@ def test_served_rows_encode_exactly_like_the_online_read(redis: Any, unique_pref
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     # unknown items were read as defaults/missing: both paths agree on that too, and it is not all one row
     assert len({tuple(r) for r in want["cat_ids"].tolist()}) == len(items)
+
+
+def test_publisher_registers_promotes_and_prunes_old_versions(encoder: FeatureEncoder, tmp_path: Path, repo: Any) -> None:
+    from ranking.artifact import read_manifest
+    from ranking.registry import ModelRegistry
+    from streaming.publish import Publisher
+
+    registry = ModelRegistry(tmp_path / "models", repo=repo, default_model="ftrl")
+    layout = SparseLayout(encoder, parse_crosses(CROSSES, encoder))
+    pub = Publisher(registry, layout, name="ftrl", fingerprint=repo.resolve(FS).fingerprint, keep_versions=3)
+    published = []
+    for k in range(1, 8):
+        w = np.full(layout.dim, 0.01 * k)
+        published.append(pub.publish(w, {"samples_learned": float(100 * k), "newest_click_ms": float(k)},
+                                     {"offsets": {"0": 100 * k}, "newest_click_sample_id": f"r{k}:i"}))
+        assert registry.live("ftrl").version == published[-1]  # promoted at once
+    state = registry.state("ftrl")
+    # the 3 newest, plus the 3 most recent rollback targets (previous lives): the 4 newest in all
+    assert set(state.versions) == set(published[-4:])
+    assert sorted(p.name for p in (tmp_path / "models" / "ftrl").iterdir() if not p.name.startswith(".")) == \
+        sorted([*published[-4:], "registry.json"])
+    assert all(v in state.versions for v in state.previous)  # rollback targets that remain are real versions
+    m = read_manifest(registry.artifact_path(published[-1], "ftrl"))
+    assert m.kind == "ftrl" and m.metrics["samples_learned"] == 700 and m.model["streaming"]["offsets"] == {"0": 700}
+    assert m.model["streaming"]["newest_click_sample_id"] == "r7:i"
+    live, previous = registry.rollback("ftrl")
+    assert live.version == published[-2] and previous.version == published[-1]
