@@ -30,6 +30,13 @@ encoder of the live version of ``ranking.model`` when it reads the same feature
 set (fitted on the offline training set; re-bucketed to ``2**hash_bits`` rows),
 else fits one on the first ``encoder_fit_rows`` samples' served vectors.
 
+Starting: with a checkpoint, at its offsets (a partition it does not know, e.g.
+one added since, from the beginning); hyperparameters (alpha, beta, l1, l2)
+come from the configuration, the feature space (encoder, crosses, rows) from
+the checkpoint. Without one, at the ``trainer_group``'s committed offsets, else
+the beginning. Partitions added while running are picked up at the next start.
+One trainer per model: the state is one process's memory.
+
 ``learned_log`` (optional, for audits and the restart test): a file with the
 id of every learned sample, one per line, fsynced with each checkpoint and
 truncated back to the checkpoint's length on restart, so it lists the learned
@@ -198,9 +205,13 @@ class Trainer:
         assert self.learner is not None and self.layout is not None
         if int(meta["dim"]) != self.layout.dim:
             raise TrainerError(f"checkpoint dim {meta['dim']} != layout dim {self.layout.dim}")
-        hp = meta["hyperparameters"]
-        self.learner.alpha, self.learner.beta, self.learner.l1, self.learner.l2 = \
-            float(hp["alpha"]), float(hp["beta"]), float(hp["l1"]), float(hp["l2"])
+        if meta["hyperparameters"] != self.learner.hyperparameters():  # z and n stay valid: the new ones apply from now
+            _log.info("FTRL hyperparameters %s (checkpoint: %s)", self.learner.hyperparameters(), meta["hyperparameters"])
+        wanted = parse_crosses(self.s.ftrl_crosses, self.encoder)
+        if wanted != list(self.layout.crosses) or self.encoder.hash_buckets != self.buckets:
+            _log.warning("the checkpoint's feature space (crosses %s, %d rows) differs from the configured one (%s, %d "
+                         "rows): keeping the checkpoint's; a new space needs a new model (another checkpoint_dir)",
+                         self.layout.crosses, self.encoder.hash_buckets, wanted, self.buckets)
         self.learner.load_sparse(ckpt["idx"], ckpt["z"], ckpt["n"])
         self.dedup = SampleDedup.restore(ckpt["dedup"], meta["dedup"], self.s.dedup_capacity)
         self.learned = LearnedSet.from_json(meta["learned_set"])
