@@ -516,9 +516,20 @@ class FeedGateway:
 
             self.background.spawn("impressions", log)
 
-    async def warm_up(self, user_id: str = "warmup", timeout_s: float = 5.0) -> bool:
-        """One pass through every stage with nothing written anywhere (no history, no logs): first-call costs
-        (connections, lazy plans, code paths never run) are paid before real traffic. False if a stage failed."""
+    async def warm_up(self, user_id: str = "warmup", timeout_s: float = 5.0, passes: int = 2) -> bool:
+        """Passes through every stage with nothing written anywhere (no history, no logs): first-call costs
+        (connections, lazy plans, code paths never run) are paid before real traffic. False if the last pass failed
+        (the first may: recall's channels have budgets of a few ms, which a cold call can miss)."""
+        ok = False
+        for _ in range(max(1, passes)):
+            ok = await self._warm_up_pass(user_id, timeout_s)
+        if not ok:
+            _log.warning("feed: warm-up pass failed: %s", self._warm_up_error)
+        return ok
+
+    _warm_up_error = ""
+
+    async def _warm_up_pass(self, user_id: str, timeout_s: float) -> bool:
         try:
             rec = await self.recall.call(recall_pb2.RecallRequest(
                 user_id=user_id, count=min(self.fc.candidates, 200), request_id="warmup"), timeout_s)
@@ -532,7 +543,7 @@ class FeedGateway:
                     candidates=[rerank_pb2.RerankCandidate(item_id=i, score=0.5) for i in ids]), timeout_s)
             return True
         except Exception as exc:  # noqa: BLE001 - serving starts anyway; the stage will degrade on its own
-            _log.warning("feed: warm-up pass failed: %s: %s", type(exc).__name__, exc)
+            self._warm_up_error = f"{type(exc).__name__}: {exc}"
             return False
 
     async def close(self, timeout_s: float | None = None) -> None:

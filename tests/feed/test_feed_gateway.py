@@ -362,3 +362,48 @@ def test_cascade_feed_show_prints_an_explained_feed(feed_env, feed_helpers, caps
     assert "deepfm" in out and "rerank_policy" in out and "experiment: ranking_ab" in out
     rows = [line for line in out.splitlines() if line[:3].strip().isdigit()]
     assert len(rows) == 5 and all("#" in row for row in rows)  # every item shows its channels
+
+
+# ============================================================================ experiments
+
+
+def test_buckets_pick_the_ranking_model_and_overrides_are_flagged(feed_env, feed_helpers):
+    """feed.bucket_ranking sends treatment users to a second (non-live) DeepFM version; overrides force either way."""
+    from featurestore.repository import get_repo
+    from feed.synthetic import train_deepfm
+    from ranking.registry import ModelRegistry
+
+    env = feed_env
+    setup = env.setup
+    out = env.work / "train" / "deepfm-v2"
+    if not out.exists():
+        train_deepfm(setup.config, setup.paths, out, rows=3000, epochs=1, seed=1)
+    registry = ModelRegistry.from_config(setup.config, repo=get_repo(setup.config.features.definitions))
+    v2 = registry.publish(out)  # registered, loaded as the newest version, not live
+    live = setup.model_version
+    assert v2 != live
+    exp = env.config.feed.experiment_name
+    cfg = feed_helpers.with_feed(env.config, bucket_ranking={"treatment": f"@{v2}"}, treatment_share=0.5)
+    buckets = {assign_bucket(exp, str(u), 0.5): str(u) for u in env.users[10:60]}
+    treated, control = buckets["treatment"], buckets["control"]
+
+    async def scenario() -> list[Any]:
+        async with feed_helpers.feed_server(env, cfg) as server:
+            async with grpc.aio.insecure_channel(server.address) as ch:
+                stub = feed_pb2_grpc.FeedServiceStub(ch)
+                reqs = [
+                    request(env, treated, count=5),
+                    request(env, control, count=5),
+                    request(env, control, count=5, experiment_overrides=feed_pb2.ExperimentOverrides(bucket="treatment")),
+                    request(env, treated, count=5, experiment_overrides=feed_pb2.ExperimentOverrides(ranking_model_version=live)),
+                ]
+                return [await stub.GetFeed(r, timeout=30) for r in reqs]
+
+    t, c, forced, pinned = asyncio.run(scenario())
+    for resp in (t, c, forced, pinned):
+        check_items(resp, 5)
+        assert not resp.degraded, reasons_of(resp)
+    assert (t.model_versions[0].version, t.experiment.bucket, t.experiment.overridden) == (v2, "treatment", False)
+    assert (c.model_versions[0].version, c.experiment.bucket, c.experiment.overridden) == (live, "control", False)
+    assert (forced.model_versions[0].version, forced.experiment.bucket, forced.experiment.overridden) == (v2, "treatment", True)
+    assert (pinned.model_versions[0].version, pinned.experiment.bucket, pinned.experiment.overridden) == (live, "treatment", True)
