@@ -2,6 +2,7 @@
 
     cascade streaming join       impressions ⋈ events -> labelled samples (streaming.joiner_cli)
     cascade streaming features   events -> online features, through the feature store's updater (streaming.features)
+    cascade streaming train      labelled samples -> FTRL model versions in the ranking registry (streaming.trainer)
 
 A sub-command is a function ``fn(argv) -> exit code`` in `SUBCOMMANDS` (name ->
 (fn, help)); keep imports inside the function so ``cascade --help`` stays fast.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-COMMANDS = {"streaming": ("main", "streaming learning loop: join, features (cascade streaming --help)")}
+COMMANDS = {"streaming": ("main", "streaming learning loop: join, features, train (cascade streaming --help)")}
 
 
 def join(argv: Sequence[str]) -> int:
@@ -27,9 +28,16 @@ def features(argv: Sequence[str]) -> int:
     return run(argv)
 
 
+def train(argv: Sequence[str]) -> int:
+    from streaming.trainer import main as run
+
+    return run(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "join": (join, "join impressions with events into labelled samples (exactly once)"),
     "features": (features, "keep the online features fed by the events topic live (feature store updater)"),
+    "train": (train, "learn the FTRL model from the samples topic and publish versions for ranking to hot-swap"),
 }
 
 

@@ -69,16 +69,20 @@ class SampleDedup:
         return np.asarray(out, dtype=bool)
 
     def add(self, hashes: Iterable[int]) -> None:
-        for h in hashes:
-            if h in self._seen:
-                continue
-            if self.size == self.capacity:
-                self._seen.discard(int(self.ring[self.pos]))
-            else:
-                self.size += 1
-            self.ring[self.pos] = h
-            self._seen.add(h)
-            self.pos = (self.pos + 1) % self.capacity
+        """Remember `hashes` (those already remembered are not refreshed); the oldest are forgotten beyond capacity."""
+        seen = self._seen
+        new = [h for h in dict.fromkeys(hashes) if h not in seen][-self.capacity:]
+        k = len(new)
+        if not k:
+            return
+        slots = (self.pos + np.arange(k)) % self.capacity
+        if self.size + k > self.capacity:  # the slots about to be overwritten hold the oldest ids
+            old = slots[slots < self.size] if self.size < self.capacity else slots
+            seen.difference_update(self.ring[old].tolist())
+        self.ring[slots] = np.asarray(new, dtype=np.uint64)
+        seen.update(new)
+        self.size = min(self.capacity, self.size + k)
+        self.pos = (self.pos + k) % self.capacity
 
     def state(self) -> tuple[np.ndarray, dict[str, int]]:
         return self.ring[: self.size].copy() if self.size < self.capacity else self.ring.copy(), \

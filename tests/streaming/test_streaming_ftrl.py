@@ -152,6 +152,24 @@ def test_dedup_is_bounded_and_survives_restore() -> None:
     assert hs[4] not in e and id_hash("new") in e
 
 
+def test_dedup_forgets_exactly_the_oldest_like_a_fifo() -> None:
+    from collections import OrderedDict
+
+    rng = np.random.default_rng(4)
+    d, ref = SampleDedup(capacity=50), OrderedDict()
+    for _ in range(200):
+        batch = [int(h) for h in rng.integers(0, 120, size=int(rng.integers(0, 30)))]  # repeats included
+        fresh = d.fresh(batch)
+        assert fresh.tolist() == [h not in ref and h not in batch[:i] for i, h in enumerate(batch)]
+        learned = [h for h, f in zip(batch, fresh) if f]  # what the trainer adds: the fresh ones it learned
+        d.add(learned)
+        for h in learned:
+            ref[h] = None
+            if len(ref) > 50:
+                ref.popitem(last=False)
+        assert d.size == len(ref) and all(h in d for h in ref) and sum(h in d for h in range(120)) == len(ref)
+
+
 def test_learned_set_tells_loss_and_duplication() -> None:
     ids = [f"req{i}:item{i % 7}" for i in range(1000)]
     ref = LearnedSet.of(ids)

@@ -56,8 +56,8 @@ def test_sigkilled_trainer_resumes_with_no_loss_and_no_duplicates(stack: Any, co
 
     env = {**os.environ, **env_of(cfg), "PYTHONPATH": str(ROOT)}
     log = tmp_path / "learned.txt"
-    cmd = [sys.executable, "-m", "streaming.trainer", "--kafka", stack.kafka_bootstrap, "--topic", samples_topic,
-           "--features-topic", features_topic, "--learned-log", str(log), "--metrics-port", "0"]
+    cmd = [sys.executable, "-m", "cascade.cli", "streaming", "train", "--kafka", stack.kafka_bootstrap,
+           "--topic", samples_topic, "--features-topic", features_topic, "--learned-log", str(log), "--metrics-port", "0"]
     out = open(tmp_path / "trainer.log", "ab")
     producer_thread = threading.Thread(target=load, daemon=True)
     producer_thread.start()
