@@ -16,8 +16,8 @@ One process learns one model (``streaming.model_name``). A step:
    predictions feed progressive validation (:mod:`streaming.trainer_metrics`).
 
 Between steps: every ``publish_every_s`` seconds or ``publish_every_samples``
-learned samples (whichever first, and only when something new was learned) a
-version is published (:mod:`streaming.publish`, on a background thread from a
+learned samples (whichever first, and only when something new was learned;
+the first version as soon as anything was learned) a version is published (:mod:`streaming.publish`, on a background thread from a
 snapshot of the weights); every ``checkpoint_every_s`` seconds and on shutdown
 a checkpoint is written (:mod:`streaming.trainer_state`). A restart restores
 the checkpoint and seeks to its offsets, so after a crash (even SIGKILL)
@@ -127,7 +127,7 @@ class Trainer:
         self._log_fh: Any = None
         self._log_bytes = 0
         self._learned_at_publish = 0
-        self._last_publish = time.monotonic()
+        self._last_publish = float("-inf")  # the first version goes out as soon as something was learned
         self._last_checkpoint = time.monotonic()
         self._last_export = 0.0
         self._publish_thread: threading.Thread | None = None
