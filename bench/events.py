@@ -16,13 +16,17 @@
   ``logevents_vs_raw``: events/s against ``raw_events_per_s``, the same Event records
   produced by a bare producer with the service's settings (acks=all, linger 2 ms).
 
-Two CPU cores host the broker, Redis, the server and the load generator alike, so the
-absolute figures are lower bounds; the ratios are the claim.
+Each pair (subject, raw producer) runs ``ROUNDS`` times, alternating, and the best round of
+each is kept: other load on the machine only ever lowers a figure. The raw producer gets
+its records already serialized; the logger and the service serialize their own. Two CPU
+cores host the broker, Redis, the server and the load generator alike, so the absolute
+figures are lower bounds; the ratios are the claim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -37,6 +41,7 @@ from proto.cascade.v1 import common_pb2, events_pb2, feed_pb2
 PAGE = 20
 BATCH = 50
 CONCURRENCY = 8
+ROUNDS = 3
 PARTITIONS = 4
 
 
@@ -87,32 +92,35 @@ def _impressions(config: Config, bootstrap: str, topics: dict[str, str], n_pages
     from events.producer import user_key
 
     pages = [_page(r) for r in range(n_pages)]
-    t0 = time.perf_counter()
-    batches = [impressions_from_feed(p, user_id=f"user{r % 5000}", surface="home_feed") for r, p in enumerate(pages)]
-    build_us = (time.perf_counter() - t0) / n_pages * 1e6
+    build_us = math.inf
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        batches = [impressions_from_feed(p, user_id=f"user{r % 5000}", surface="home_feed") for r, p in enumerate(pages)]
+        build_us = min(build_us, (time.perf_counter() - t0) / n_pages * 1e6)
     n = n_pages * PAGE
     ev = config.events
     options = {"linger_ms": ev.impression_linger_ms, "batch_size": ev.impression_batch_bytes}
-    raw = _raw_produce(bootstrap, config, topics["raw_impressions"],
-                       [(user_key(i.user_id), i.SerializeToString()) for b in batches for i in b], **options)
-    _step(f"raw producer: {raw:,.0f} impressions/s")
-
-    logger = ImpressionLogger(config, bootstrap, topic=topics["impressions"], capacity=n)
-    logger.start()
-    time.sleep(0.5)  # connected before the clock starts, as in a gateway that has been up for a while
-    log_s: list[float] = []
-    t0 = time.perf_counter()
-    for b in batches:
-        t = time.perf_counter()
-        logger.log(b)
-        log_s.append(time.perf_counter() - t)
-    stats = logger.close(timeout_s=120)
-    elapsed = time.perf_counter() - t0
-    if stats["sent"] != n:
-        raise RuntimeError(f"logger delivered {stats}, expected {n}")
-    per_s = rate(n, elapsed)
+    records = [(user_key(i.user_id), i.SerializeToString()) for b in batches for i in b]
+    raws, rates, log_s = [], [], []
+    for r in range(ROUNDS):  # alternating, best of each: other load on the machine only ever lowers a figure
+        raws.append(_raw_produce(bootstrap, config, f"{topics['raw_impressions']}-{r}", records, **options))
+        logger = ImpressionLogger(config, bootstrap, topic=f"{topics['impressions']}-{r}", capacity=n)
+        logger.start()
+        time.sleep(0.5)  # connected before the clock starts, as in a gateway that has been up for a while
+        t0 = time.perf_counter()
+        for b in batches:
+            t = time.perf_counter()
+            logger.log(b)
+            log_s.append(time.perf_counter() - t)
+        stats = logger.close(timeout_s=120)
+        elapsed = time.perf_counter() - t0
+        if stats["sent"] != n:
+            raise RuntimeError(f"logger delivered {stats}, expected {n}")
+        rates.append(rate(n, elapsed))
+        _step(f"round {r + 1}/{ROUNDS}: raw producer {raws[-1]:,.0f}/s, logger {rates[-1]:,.0f} impressions/s acked")
+    raw, per_s = max(raws), max(rates)
     pct = percentiles(log_s)
-    _step(f"logger: {per_s:,.0f} impressions/s acked; log() of {PAGE}: p50 {pct['p50_ms'] * 1000:.1f} us")
+    _step(f"log() of {PAGE}: p50 {pct['p50_ms'] * 1000:.1f} us, p99 {pct['p99_ms'] * 1000:.1f} us")
     return {
         "impressions": n,
         "impressions_from_feed_us": round(build_us, 1),
@@ -206,25 +214,31 @@ def _logevents(config: Config, stack: Any, topics: dict[str, str], duration_s: f
         single = asyncio.run(_drive(address, duration_s / 2, 1, 1))
         pct1 = percentiles(single["latency"])
         _step(f"one event per call, one caller: p50 {pct1['p50_ms']:.2f} ms, p99 {pct1['p99_ms']:.2f} ms")
-        load = asyncio.run(_drive(address, duration_s, CONCURRENCY, BATCH))
+        loads = []
+        raws = []
+        for r in range(ROUNDS):  # alternating, best of each
+            loads.append(asyncio.run(_drive(address, duration_s / ROUNDS, CONCURRENCY, BATCH)))
+            records = [(user_key(e.user_id), e.SerializeToString()) for e in _events(max(loads[-1]["events"], 1000), 1)]
+            raws.append(_raw_produce(stack.kafka_bootstrap, config, f"{topics['raw_events']}-{r}", records,
+                                     linger_ms=config.events.publish_linger_ms))
+            _step(f"round {r + 1}/{ROUNDS}: LogEvents {rate(loads[-1]['events'], loads[-1]['wall']):,.0f} events/s, "
+                  f"raw producer {raws[-1]:,.0f} events/s")
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.join(30)
         if proc.is_alive():
             proc.kill()
+    load = max(loads, key=lambda x: rate(x["events"], x["wall"]))
+    raw = max(raws)
     per_s = rate(load["events"], load["wall"])
     pct = percentiles(load["latency"])
-    _step(f"{CONCURRENCY} callers x {BATCH} events: {per_s:,.0f} events/s, p50 {pct['p50_ms']:.1f} ms, "
-          f"p99 {pct['p99_ms']:.1f} ms, {load['failed']} failed")
-    ev = config.events
-    records = [(user_key(e.user_id), e.SerializeToString()) for e in _events(max(load["events"], 1000), 1)]
-    raw = _raw_produce(stack.kafka_bootstrap, config, topics["raw_events"], records, linger_ms=ev.publish_linger_ms)
-    _step(f"raw producer: {raw:,.0f} events/s")
+    _step(f"{CONCURRENCY} callers x {BATCH} events (best round): {per_s:,.0f} events/s, p50 {pct['p50_ms']:.1f} ms, "
+          f"p99 {pct['p99_ms']:.1f} ms; {sum(x['failed'] for x in loads)} failed calls")
     return {
         "logevents_batch": BATCH,
         "logevents_concurrency": CONCURRENCY,
-        "logevents_events": load["events"],
-        "logevents_failed_calls": load["failed"] + single["failed"],
+        "logevents_events": sum(x["events"] for x in loads),
+        "logevents_failed_calls": sum(x["failed"] for x in loads) + single["failed"],
         "logevents_events_per_s": round(per_s),
         "logevents_calls_per_s": round(rate(len(load["latency"]), load["wall"]), 1),
         "logevents_p50_ms": round(pct["p50_ms"], 2),
@@ -240,14 +254,16 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
     from stack import Stack
     from stack.clients import ensure_topics
 
-    n_pages, duration_s = (1_000, 3.0) if quick else (10_000, 10.0)
+    n_pages, duration_s = (500, 6.0) if quick else (5_000, 15.0)
     run_id = uuid.uuid4().hex[:8]
     topics = {k: f"bench-events-{run_id}-{k}" for k in ("impressions", "raw_impressions", "events", "raw_events")}
     out: dict[str, Any] = {}
     with Stack(config) as stack:
         from cascade.config import TopicConfig
 
-        kafka = config.kafka.model_copy(update={"topics": {t: TopicConfig(partitions=PARTITIONS) for t in topics.values()}})
+        names = [topics["events"]] + [f"{topics[k]}-{r}" for k in ("impressions", "raw_impressions", "raw_events")
+                                      for r in range(ROUNDS)]
+        kafka = config.kafka.model_copy(update={"topics": {t: TopicConfig(partitions=PARTITIONS) for t in names}})
         ensure_topics(stack.kafka_bootstrap, kafka)
         _step(f"{n_pages:,} feed pages of {PAGE} impressions; LogEvents for {duration_s:g} s")
         out.update(_impressions(config, stack.kafka_bootstrap, topics, n_pages))
