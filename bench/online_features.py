@@ -391,6 +391,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         client = redis_client(stack.redis_url, config.redis)
         project = f"bench{random.randrange(1 << 30):x}"
         store = OnlineStore(client, project, config.features.online_batch_keys)
+        # the same store reading through redis-py's connection API (online_lean_reads off): before/after in one run
+        redispy_store = OnlineStore(client, project, config.features.online_batch_keys, lean_reads=False)
         view = bench_view()
         _step(f"writing {population:,} entities x {N_FEATURES} features")
         for s in range(0, population, 50_000):
@@ -420,27 +422,29 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         assert (res0.status == 1).all()
         for i in range(30):
             store.read(plan, samples[i], now=now)
+            redispy_store.read(plan, samples[i], now=now)
             raw_mget(raw_keys[i])
         _step(f"timing {requests} requests of {BATCH} entities (ours vs raw MGET, alternating)")
         gc.collect()
         # Each method reads its own random entities (no method finds the server's caches warmed by another's
         # identical keys), and the order of the three rotates per round.
-        lat: dict[str, list[float]] = {"ours": [], "raw": [], "plain": []}
+        lat: dict[str, list[float]] = {"ours": [], "raw": [], "plain": [], "redispy_path": []}
         n = len(samples)
         calls = {
             "raw": lambda i: raw_mget(raw_keys[i]),
-            "ours": lambda i: store.read(plan, samples[(i + n // 3) % n], now=now),
-            "plain": lambda i: redispy_mget(raw_keys[(i + 2 * n // 3) % n]),
+            "ours": lambda i: store.read(plan, samples[(i + n // 4) % n], now=now),
+            "plain": lambda i: redispy_mget(raw_keys[(i + 2 * n // 4) % n]),
+            "redispy_path": lambda i: redispy_store.read(plan, samples[(i + 3 * n // 4) % n], now=now),
         }
         order = list(calls)
         for i in range(n):
-            for name in order[i % 3:] + order[: i % 3]:
+            for name in order[i % 4:] + order[: i % 4]:
                 t0 = time.perf_counter()
                 out = calls[name](i)
                 lat[name].append(time.perf_counter() - t0)
                 if name == "ours":
                     result = out
-        ours, raw, plain = lat["ours"], lat["raw"], lat["plain"]
+        ours, raw, plain, legacy = lat["ours"], lat["raw"], lat["plain"], lat["redispy_path"]
         client.connection_pool.release(conn)
         assert result.column("f00").shape == (BATCH,)
         # Decomposition of one request: key building, round trip, decode.
@@ -472,6 +476,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         **{f"read_{k}": v for k, v in ours_p.items()},
         **{f"raw_mget_{k}": v for k, v in raw_p.items()},
         **{f"redispy_mget_{k}": v for k, v in percentiles(plain).items()},
+        **{f"read_redispy_path_{k}": v for k, v in percentiles(legacy).items()},
+        "lean_path_speedup_mean": float(np.mean(legacy) / np.mean(ours)),
         "read_values_per_s": ours_rate,
         "raw_mget_values_per_s": raw_rate,
         "ratio_to_raw_mget": ours_rate / raw_rate,
@@ -489,8 +495,9 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             f"{population:,} entities x {N_FEATURES} FLOAT64 features written via OnlineStore.write_rows",
             f"{requests} rounds; per round each method reads its own {BATCH} random distinct entities, in rotating "
             "order: OnlineStore.read (key build, MGET, numpy decode, status matrix, TTL check) vs raw MGET of "
-            "pre-built keys with no decode (hiredis-packed on one connection, the store's own transport) and "
-            "redis-py's client.mget for reference",
+            "pre-built keys with no decode (hiredis-packed on one connection, the store's own transport), "
+            "redis-py's client.mget for reference, and OnlineStore.read with lean_reads=False (keys built as "
+            "strings, packed by hiredis, replies through redis-py's connection: the read path before the lean one)",
             "values/s = entities x features x requests / summed latency; ratio = ours / raw",
             "layouts: 10k entities, reads of 1,000 random entities decoded into numpy columns; writes idempotent "
             "(compare event_ts server-side)",

@@ -96,6 +96,7 @@ class FeatureStoreConfig(_Section):
     registry_subdir: str = Field("registry", description="Applied definitions and their versions, under paths.var_dir.")
     materialize_chunk_rows: int = Field(50_000, description="Rows per bounded chunk when materializing (memory stays flat).")
     online_batch_keys: int = Field(2_000, description="Keys per MGET when reading many entities online.")
+    online_lean_reads: bool = Field(True, description="Single-server online reads pack MGETs straight from entity ids and parse the replies off the pooled socket with hiredis (featurestore.online, 'Reads'); off: key strings packed by hiredis, replies through redis-py's connection API. Connection trouble always falls back to redis-py.")
     stream_group: str = Field("featurestore-stream", description="Kafka consumer group of the streaming updater.")
 
 

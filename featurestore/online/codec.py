@@ -163,7 +163,10 @@ def _decode_string_list(buf: bytes) -> list[str]:
 
 @dataclass
 class DecodedRows:
-    """Rows found by a read, decoded column-wise (only the requested features)."""
+    """Rows found by a read, decoded column-wise (only the requested features).
+
+    List values are shared between rows that stored the same list: treat them as read-only.
+    """
 
     present: np.ndarray  # int64 positions (into the requested keys) that had a stored row
     event_ts: np.ndarray  # int64 micros, one per present row
@@ -360,7 +363,17 @@ class RowCodec:
         if f.dtype in _LIST_NP:
             dt = _LIST_NP[f.dtype]
             return [np.frombuffer(r, dtype=dt, count=(e - s) // 8, offset=s) for r, s, e in zip(rows, s_list, e_list)]
-        return [_decode_string_list(r[s:e]) if e > s else [] for r, s, e in zip(rows, s_list, e_list)]
+        # Decoded once per distinct stored list (a read of 1,000 movies holds a few dozen genre lists: the
+        # per-row decode was ~1.5 ms of a ranking read); rows with equal lists share one list object.
+        seen: dict[bytes, list[str]] = {}
+        out: list[Any] = []
+        for r, s, e in zip(rows, s_list, e_list):
+            blob = r[s:e]
+            value = seen.get(blob)
+            if value is None:
+                value = seen[blob] = _decode_string_list(blob) if e > s else []
+            out.append(value)
+        return out
 
 
 # ---------------------------------------------------------------------- windows

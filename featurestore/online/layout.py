@@ -34,9 +34,10 @@ a windowed view's batch/stream boundary in ``{project}:_bt:...`` and ``{project}
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -155,3 +156,177 @@ def arrow_entity_keys(prefix: str, columns: Sequence[pa.Array]) -> list[str]:
     parts = [_arrow_component(c) for c in columns]
     joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, SEP)
     return pc.binary_join_element_wise(pa.scalar(prefix), joined, "").to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------- reads
+
+_PACKED_LENGTHS = 256  # entity ids up to this many characters are packed by `_MgetPacker`; longer: hiredis
+
+
+_DIGITS_ABOVE = np.asarray([10 ** k for k in range(1, 19)], dtype=np.int64)  # a non-negative int64 has 1 + (ones <=) digits
+
+
+class _MgetPacker:
+    """RESP bytes of ``MGET prefix+id+tail ...`` for many ids, without building one key string per id.
+
+    Every bulk string is ``$<len>\r\n<prefix><id><tail>\r\n``; the parts around an id depend only on
+    the id's length, so they come from two tables indexed by length, interleaved with the ids by one
+    ``"".join`` (string ids) or one ``%`` format (int ids, their digit counts from one numpy
+    searchsorted). Measured (1,000 ids, this 2-core machine): 100 us for string ids and 128 us for
+    int ids, where building the 1,000 key strings took 130 us and hiredis' ``pack_command`` of them
+    another 100 us (``str()`` of 1,000 ints alone is 70 us; ``%d`` of them 40 us).
+    """
+
+    def __init__(self, prefix: str, tail: str) -> None:
+        fixed = len(prefix.encode()) + len(tail.encode())
+        self.first = tuple(f"${fixed + k}\r\n{prefix}" for k in range(_PACKED_LENGTHS))
+        self.rest = tuple(f"{tail}\r\n${fixed + k}\r\n{prefix}" for k in range(_PACKED_LENGTHS))
+        self.end = (tail + "\r\n").encode()
+
+    def _command(self, n: int, lens: list[int], ids: list[Any], fmt: str | None) -> bytes | None:
+        flat: list[Any] = [""] * (2 * n)
+        flat[0] = self.first[lens[0]]
+        flat[2::2] = map(self.rest.__getitem__, lens[1:])
+        flat[1::2] = ids
+        body = "".join(flat) if fmt is None else (fmt * n) % tuple(flat)
+        if not body.isascii():  # a character of several bytes: the length table counts characters
+            return None
+        return b"*%d\r\n$4\r\nMGET\r\n%b%b" % (n + 1, body.encode(), self.end)
+
+    def pack(self, ids: list[str]) -> bytes | None:
+        """The MGET of these string ids (escaping already checked); None when one is not ASCII or too long."""
+        lens = list(map(len, ids))
+        if max(lens) >= _PACKED_LENGTHS:
+            return None
+        return self._command(len(ids), lens, ids, None)
+
+    def pack_ints(self, ids: list[int]) -> bytes | None:
+        """The MGET of these Python ints; None when one is negative or beyond int64."""
+        try:
+            arr = np.asarray(ids, dtype=np.int64)
+        except OverflowError:
+            return None
+        if arr.min() < 0:
+            return None
+        lens = (np.searchsorted(_DIGITS_ABOVE, arr, side="right") + 1).tolist()
+        return self._command(len(ids), lens, ids, "%s%d")
+
+
+@functools.lru_cache(maxsize=1024)
+def _packer(prefix: str, tail: str) -> _MgetPacker:
+    return _MgetPacker(prefix, tail)
+
+
+class EntityKeys(Sequence[str]):
+    """The online keys of many entities of one view (``prefix + entity + tail``), built only when needed.
+
+    A read on a single server never needs them as strings: `mget_commands` packs the MGETs straight
+    from the entity values (plain ints, or strings needing no escaping; anything else goes through
+    `entity_keys` and hiredis). A cluster read indexes them as a sequence of strings (slot routing).
+    `tagged`: a windowed view's key (``{`` and ``}`` of the entity escaped, then the ``}`` closing the
+    hash tag, then `tail`, e.g. ``:n``).
+    """
+
+    __slots__ = ("prefix", "values", "arity", "tail", "tagged", "_keys")
+
+    def __init__(self, prefix: str, values: Sequence[Any], arity: int = 1, tail: str = "", tagged: bool = False) -> None:
+        self.prefix = prefix
+        self.values = values
+        self.arity = arity
+        self.tail = tail
+        self.tagged = tagged
+        self._keys: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.keys()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def keys(self) -> list[str]:
+        if self._keys is None:
+            if self.tagged:  # each base ends with the "}" closing the hash tag
+                bases = window_entity_bases(self.prefix, self.values, self.arity)
+            else:
+                bases = entity_keys(self.prefix, self.values, self.arity)
+            self._keys = [b + self.tail for b in bases] if self.tail else bases
+        return self._keys
+
+    def with_tail(self, tail: str) -> EntityKeys:
+        """The same entities' keys with another tail (a windowed view's ``:n``, ``:l0``, ...)."""
+        out = EntityKeys(self.prefix, self.values, self.arity, self.tail + tail, self.tagged)
+        if self._keys is not None:
+            out._keys = [k + tail for k in self._keys]
+        return out
+
+    def _ids(self) -> tuple[list[Any], bool] | None:
+        """(the entity part of every key, whether they are Python ints rather than str) when no id needs
+        escaping and the fast packer can take them; else None."""
+        if self.arity != 1 or len(self.values) == 0:
+            return None
+        types = set(map(type, self.values))
+        if types == {int}:
+            return (self.values if isinstance(self.values, list) else list(self.values)), True
+        if types <= _PLAIN_INTS:
+            return list(map(str, self.values)), False
+        if types == {str}:
+            ids = self.values if isinstance(self.values, list) else list(self.values)
+            joined = "".join(ids)
+            if "%" in joined or SEP in joined or (self.tagged and ("{" in joined or "}" in joined)):
+                return None
+            return ids, False
+        return None
+
+    def unique(self) -> tuple[EntityKeys, np.ndarray | None]:
+        """(the distinct entities' keys, each row's position among them), or (self, None) when all differ.
+
+        Ranking reads one user's row beside 1,000 candidates: the user's key is fetched (and decoded) once.
+        """
+        values = self.values
+        n = len(values)
+        try:
+            if len(set(values)) == n:  # the common case: one C-speed check
+                return self, None
+            homogeneous = set(map(type, values)) in ({int}, {str})  # equal values <=> equal keys (1 == True does not)
+        except TypeError:  # unhashable values: dedup on the keys (or let them raise their error)
+            homogeneous = False
+        if homogeneous:
+            distinct = list(dict.fromkeys(values))
+            if len(distinct) == 1:
+                inverse = np.zeros(n, dtype=np.intp)
+            else:
+                position = {v: i for i, v in enumerate(distinct)}
+                inverse = np.fromiter(map(position.__getitem__, values), dtype=np.intp, count=n)
+            return EntityKeys(self.prefix, distinct, self.arity, self.tail, self.tagged), inverse
+        kindex: dict[str, int] = {}
+        rows = [kindex.setdefault(k, len(kindex)) for k in self.keys()]
+        if len(kindex) == n:
+            return self, None
+        first: dict[int, int] = {}
+        for row, u in enumerate(rows):
+            first.setdefault(u, row)
+        out = EntityKeys(self.prefix, [values[first[u]] for u in range(len(kindex))], self.arity, self.tail, self.tagged)
+        out._keys = list(kindex)
+        return out, np.asarray(rows, dtype=np.intp)
+
+    def mget_count(self, step: int) -> int:
+        """How many commands `mget_commands` yields."""
+        return -(-len(self.values) // step)
+
+    def mget_commands(self, step: int, pack: Any, fast: bool = True) -> Iterator[bytes]:
+        """RESP-packed ``MGET`` commands of at most `step` keys each; `pack` packs a command tuple (hiredis)
+        for keys the fast packer does not take (or every key when not `fast`: key strings, then hiredis)."""
+        n = len(self.values)
+        found = self._ids() if self._keys is None and fast else None
+        packer = _packer(self.prefix, ("}" if self.tagged else "") + self.tail) if found is not None else None
+        for i in range(0, n, step):
+            cmd = None
+            if packer is not None:
+                ids, ints = found
+                cmd = packer.pack_ints(ids[i: i + step]) if ints else packer.pack(ids[i: i + step])
+            if cmd is None:
+                cmd = pack(("MGET", *self.keys()[i: i + step]))
+            yield cmd

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,9 +19,14 @@ import pyarrow as pa
 import redis
 
 try:
+    from hiredis import ProtocolError as _ProtocolError
+    from hiredis import Reader as _Reader
     from hiredis import pack_command as _pack_command
 except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
-    _pack_command = None
+    _pack_command = _Reader = None
+
+    class _ProtocolError(Exception):  # type: ignore[no-redef]
+        pass
 
 from featurestore.definitions import (
     AggregationFunction,
@@ -41,6 +48,7 @@ from featurestore.online.codec import (
     to_micros,
 )
 from featurestore.online.layout import (
+    EntityKeys,
     arrow_entity_keys,
     arrow_window_entity_bases,
     batch_through_key,
@@ -54,6 +62,8 @@ from featurestore.online.layout import (
 )
 
 OnlineView = FeatureView | WindowedFeatureView
+_log = logging.getLogger("cascade.featurestore.online")
+_RECV_BYTES = 1 << 19  # socket read size of the lean read path (a 1,000-item ring read is ~2.7 MB)
 
 _SEND_GROUP = 4  # commands packed and sent together by OnlineStore._send
 SCRIPT_ROWS = 1000  # rows per SET_IF_NEWER call (Lua's unpack() limit is ~8,000 values)
@@ -82,6 +92,36 @@ class FeatureStatus(enum.IntEnum):
 
 
 _STATUS_NAMES = {s.value: s for s in FeatureStatus}
+
+
+def _lean_capable(client: Any) -> bool:
+    """Whether reads may parse replies off the socket themselves: RESP2 (no push messages can interleave),
+    no client-side cache, redis-py's own socket connections, hiredis installed."""
+    if _Reader is None:
+        return False
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or getattr(pool, "cache", None) is not None:
+        return False
+    if pool.connection_kwargs.get("protocol") not in (None, 2, "2"):
+        return False
+    cls = getattr(pool, "connection_class", None)
+    return isinstance(cls, type) and issubclass(cls, redis.connection.AbstractConnection)
+
+
+def _read_replies(sock: Any, count: int, buf: bytearray) -> list[Any]:
+    """`count` RESP2 replies read off `sock` with a hiredis Reader; error replies come back as values."""
+    reader = _Reader(replyError=redis.exceptions.ResponseError)
+    out: list[Any] = []
+    while len(out) < count:
+        reply = reader.gets()
+        if reply is False:  # incomplete: read more
+            n = sock.recv_into(buf)
+            if not n:
+                raise ConnectionResetError("the server closed the connection mid-reply")
+            reader.feed(buf, 0, n)
+        else:
+            out.append(reply)
+    return out
 
 
 @dataclass
@@ -129,6 +169,8 @@ class OnlineResult:
     None), BOOL (False where None) and FLOAT_LIST with a `dim` (2-D, NaN rows where
     None); a list for STRING, STRING_LIST and variable-length lists (numpy arrays).
     `valid(name)` tells where the value is not None. `to_rows()` gives plain Python.
+    Rows of the same entity (a user beside 1,000 items), and rows that stored an equal list, share their
+    list values (decoded once): treat them as read-only.
     """
 
     def __init__(self, entity_keys: Sequence[Any], refs: Sequence[str], features: Sequence[Feature],
@@ -245,20 +287,24 @@ class OnlineStore:
     decoding.
     """
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster, project: str, batch_keys: int = 2000) -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster, project: str, batch_keys: int = 2000, *,
+                 lean_reads: bool = True) -> None:
         self.client = client
         self.project = project
         self.batch_keys = batch_keys
         self.cluster = isinstance(client, redis.RedisCluster)
         if client.get_encoder().decode_responses:
             raise ValueError("the online store needs a client with decode_responses=False (rows are binary)")
+        self._lean = bool(lean_reads) and not self.cluster and _lean_capable(client)
+        self._local = threading.local()  # per thread: the lean path's receive buffer
         self._infos: dict[int, _ViewInfo] = {}
         self._plans: dict[Any, ReadPlan] = {}
         self._sha: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, client: redis.Redis | redis.RedisCluster, config: Any) -> "OnlineStore":
-        return cls(client, config.features.project, config.features.online_batch_keys)
+        return cls(client, config.features.project, config.features.online_batch_keys,
+                   lean_reads=config.features.online_lean_reads)
 
     # ------------------------------------------------------------- definitions
     def info(self, view: OnlineView) -> _ViewInfo:
@@ -358,25 +404,46 @@ class OnlineStore:
             n = len(next(iter(entity_keys.values()))) if entity_keys else 0
         else:
             n = len(entity_keys)
-        key_lists: list[list[str]] = []
+        # Each distinct entity of a view is fetched and decoded once, then its row is repeated: ranking reads
+        # one user's rows beside 1,000 items (decoding that user's rings 1,000 times cost ~3 ms).
+        key_lists: list[EntityKeys] = []
+        views: list[tuple[_ViewRead, np.ndarray | None, int]] = []
         for r in plan.reads:
+            values = self._entity_values(r.info, entity_keys)
+            keys, inverse = EntityKeys(r.info.prefix, values, len(r.info.view.join_keys), tagged=r.info.windowed).unique()
             if r.info.windowed:
-                bases = self._window_bases(r.info, entity_keys)
                 tc = r.info.tiles
                 for kind, i in r.parts:
-                    suffix = tc.numeric_suffix if kind == "rings" else tc.lists[i].suffix
-                    key_lists.append([b + suffix for b in bases])
+                    key_lists.append(keys.with_tail(tc.numeric_suffix if kind == "rings" else tc.lists[i].suffix))
             else:
-                key_lists.append(self._keys(r.info, entity_keys))
-        raws = iter(self._mget_deduplicated(key_lists))
+                key_lists.append(keys)
+            views.append((r, inverse, len(keys)))
+        raws = iter(self._mget_many(key_lists))
         status = np.full((n, len(plan.refs)), FeatureStatus.NOT_FOUND, dtype=np.uint8)
         columns: list[Any] = [None] * len(plan.refs)
         event_ts: dict[str, np.ndarray] = {}
-        for r in plan.reads:
-            if r.info.windowed:
-                self._fill_windowed(r, n, {part: next(raws) for part in r.parts}, now_us, status, columns, event_ts)
+        for r, inverse, m in views:
+            k = len(r.positions)
+            if inverse is None:
+                into = (status, columns, event_ts, r.offset)
             else:
-                self._fill_rows(r, next(raws), now_us, status, columns, event_ts)
+                into = (np.full((m, k), FeatureStatus.NOT_FOUND, dtype=np.uint8), [None] * k, {}, 0)
+            if r.info.windowed:
+                self._fill_windowed(r, m, {part: next(raws) for part in r.parts}, now_us, *into)
+            else:
+                self._fill_rows(r, next(raws), now_us, *into)
+            if inverse is not None:  # repeat each distinct entity's values in its rows
+                status[:, r.offset: r.offset + k] = into[0][inverse]
+                rows = None
+                for j, col in enumerate(into[1]):
+                    if not isinstance(col, np.ndarray):
+                        rows = inverse.tolist() if rows is None else rows
+                        col = list(map(col.__getitem__, rows))
+                    else:
+                        col = col[inverse]
+                    columns[r.offset + j] = col
+                for name, ts in into[2].items():
+                    event_ts[name] = ts[inverse]
         keys_out = entity_keys if not isinstance(entity_keys, Mapping) else list(zip(*entity_keys.values()))
         return OnlineResult(keys_out, plan.refs, plan.features, columns, status, event_ts, plan.index)
 
@@ -398,37 +465,64 @@ class OnlineStore:
     def _window_bases(self, info: _ViewInfo, entities: Any) -> list[str]:
         return window_entity_bases(info.prefix, self._entity_values(info, entities), len(info.view.join_keys))
 
-    def _mget_deduplicated(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
-        """MGET each distinct key once: ranking reads one user's rows beside 1,000 items."""
-        unique_lists: list[list[str]] = []
-        inverses: list[list[int] | None] = []
-        for keys in keys_per_view:
-            if len(set(keys)) == len(keys):  # the common case: a C-speed check, no index built
-                unique_lists.append(keys)
-                inverses.append(None)
-                continue
-            index: dict[str, int] = {}
-            inverses.append([index.setdefault(k, len(index)) for k in keys])
-            unique_lists.append(list(index))
-        raws = self._mget_many(unique_lists)
-        return [raw if inv is None else [raw[i] for i in inv] for raw, inv in zip(raws, inverses)]
-
-    def _mget_many(self, keys_per_view: list[list[str]]) -> list[list[bytes | None]]:
+    def _mget_many(self, keys_per_view: list[EntityKeys] | list[list[str]]) -> list[list[bytes | None]]:
         if self.cluster:
             return self._mget_cluster(keys_per_view)
         step = self.batch_keys
-        chunks = [(v, keys[i: i + step]) for v, keys in enumerate(keys_per_view) for i in range(0, len(keys), step)]
-        results = self._send([("MGET", *ck) for _, ck in chunks]) if chunks else []
+        if _pack_command is None:  # no hiredis: redis-py's pipeline
+            chunks = [(v, list(keys[i: i + step])) for v, keys in enumerate(keys_per_view) for i in range(0, len(keys), step)]
+            results = self._send([("MGET", *ck) for _, ck in chunks]) if chunks else []
+            owners = [v for v, _ in chunks]
+        else:
+            views = [keys if isinstance(keys, EntityKeys) else EntityKeys("", keys) for keys in keys_per_view]
+            owners = [v for v, keys in enumerate(views) for _ in range(keys.mget_count(step))]
+            payloads = [cmd for keys in views for cmd in keys.mget_commands(step, _pack_command, fast=self._lean)]
+            results = self._read_packed(payloads) if payloads else []
         for res in results:
             if isinstance(res, Exception):
                 raise res
         out: list[list[bytes | None]] = [[] for _ in keys_per_view]
-        for (v, _), res in zip(chunks, results):
+        for v, res in zip(owners, results):
             if out[v]:
                 out[v].extend(res)
             else:
                 out[v] = res
         return out
+
+    def _read_packed(self, payloads: list[bytes]) -> list[Any]:
+        """Replies (errors as values) of pre-packed read commands, sent in one go on one pooled connection.
+
+        The lean path: the replies are parsed straight from the connection's socket by a
+        `hiredis.Reader` (no redis-py response layers; see `featurestore.online`, "Reads"). Any
+        connection trouble there (reset, timeout, a protocol error) disconnects that connection and
+        the read is redone through redis-py's own connection API (`_exchange`, one retry on a fresh
+        connection), whose errors are the usual redis-py ones. Reads only: they are safe to repeat.
+        """
+        pool = self.client.connection_pool
+        if self._lean:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(payloads, check_health=False)
+                return _read_replies(conn._sock, len(payloads), self._recv_buffer())
+            except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, _ProtocolError) as exc:
+                conn.disconnect()
+                _log.warning("online read: lean path failed (%s: %s); retrying through redis-py", type(exc).__name__, exc)
+            except BaseException:
+                conn.disconnect()  # replies may be left unread: never reuse this connection
+                raise
+            finally:
+                pool.release(conn)
+
+        def write(conn: Any) -> None:
+            conn.send_packed_command(payloads)
+
+        return self._exchange(write, len(payloads), retry=True)
+
+    def _recv_buffer(self) -> bytearray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(_RECV_BYTES)
+        return buf
 
     def _send(self, commands: list[tuple[Any, ...]], retry: bool = True) -> list[Any]:
         """Single server: all commands in one write on one pooled connection, then their replies (errors as values).
@@ -443,16 +537,26 @@ class OnlineStore:
             for cmd in commands:
                 pipe.execute_command(*cmd)
             return pipe.execute(raise_on_error=False)
+        def write(conn: Any) -> None:
+            # Pack and send a few commands at a time: the server starts on the first ones while the
+            # rest are packed (replies are read at the end; Redis buffers them, it never blocks).
+            for i in range(0, len(commands), _SEND_GROUP):
+                conn.send_packed_command([b"".join(map(_pack_command, commands[i: i + _SEND_GROUP]))])
+
+        return self._exchange(write, len(commands), retry)
+
+    def _exchange(self, write: Any, count: int, retry: bool) -> list[Any]:
+        """redis-py transport: `write(conn)` on one pooled connection, then `count` replies (errors as values).
+
+        With `retry` (commands safe to repeat) a dropped connection is retried once on a fresh one.
+        """
         pool = self.client.connection_pool
         for attempt in (0, 1):
             conn = pool.get_connection()
             try:
-                # Pack and send a few commands at a time: the server starts on the first ones while the
-                # rest are packed (replies are read at the end; Redis buffers them, it never blocks).
-                for i in range(0, len(commands), _SEND_GROUP):
-                    conn.send_packed_command([b"".join(map(_pack_command, commands[i: i + _SEND_GROUP]))])
+                write(conn)
                 replies: list[Any] = []
-                for _ in commands:
+                for _ in range(count):
                     try:
                         replies.append(conn.read_response())
                     except redis.exceptions.ResponseError as exc:  # the error reply was consumed: still in sync
@@ -492,7 +596,8 @@ class OnlineStore:
         return out
 
     def _fill_rows(self, r: _ViewRead, raw: list[bytes | None], now_us: int, status: np.ndarray,
-                   columns: list[Any], event_ts: dict[str, np.ndarray]) -> None:
+                   columns: list[Any], event_ts: dict[str, np.ndarray], off: int) -> None:
+        """Decode one view's rows into `status` / `columns` from column `off` on."""
         info, n, k = r.info, len(raw), len(r.positions)
         dec = info.codec.decode(raw, r.positions)
         p = dec.present
@@ -505,16 +610,16 @@ class OnlineStore:
         if dec.nulls is None and stale is None:
             st = None  # every found value is PRESENT
             if all_present:
-                status[:, r.offset: r.offset + k] = FeatureStatus.PRESENT
+                status[:, off: off + k] = FeatureStatus.PRESENT
             else:
-                status[p, r.offset: r.offset + k] = FeatureStatus.PRESENT
+                status[p, off: off + k] = FeatureStatus.PRESENT
         else:
             st = np.full((len(p), k), FeatureStatus.PRESENT, dtype=np.uint8)
             if dec.nulls is not None:
                 st[dec.nulls] = FeatureStatus.NULL_VALUE
             if stale is not None:
                 st[stale] = FeatureStatus.OUTSIDE_MAX_AGE
-            status[p, r.offset: r.offset + k] = st
+            status[p, off: off + k] = st
         for j, pos in enumerate(r.positions):
             f = info.features[pos]
             vals = dec.values[j]
@@ -540,7 +645,7 @@ class OnlineStore:
                 else:
                     for i, v, s in zip(p.tolist(), vals, st[:, j].tolist()):
                         col[i] = v if s == FeatureStatus.PRESENT else (None if s == FeatureStatus.NULL_VALUE else f.default)
-            columns[r.offset + j] = col
+            columns[off + j] = col
         if all_present:
             ts = dec.event_ts
         else:
@@ -549,17 +654,20 @@ class OnlineStore:
         event_ts[info.view.name] = ts.view("datetime64[us]")
 
     def _fill_windowed(self, r: _ViewRead, n: int, raws: Mapping[tuple[str, int], list[bytes | None]], now_us: int,
-                       status: np.ndarray, columns: list[Any], event_ts: dict[str, np.ndarray]) -> None:
+                       status: np.ndarray, columns: list[Any], event_ts: dict[str, np.ndarray], off: int) -> None:
         """Window values of every entity at once: per ring one frombuffer and a few matrix ops, no loop per entity."""
         info, tc = r.info, r.info.tiles
         present = np.zeros(n, dtype=bool)
         newest = np.full(n, _NAT, dtype=np.int64)
         rings: list[np.ndarray] = []
+        ring_rows: np.ndarray | None = None  # the entities with rings, when not all have (the others count nothing)
         for (kind, i), raw in raws.items():
+            found = np.fromiter((v is not None for v in raw), dtype=bool, count=n)
             if kind == "rings":
-                found, rings = tc.decode_rings(raw)
-            else:
-                found = np.fromiter((v is not None for v in raw), dtype=bool, count=n)
+                if not found.all():  # decode only stored rings: 1,000 absent items were 2.7 MB of zeros to sum
+                    ring_rows = np.flatnonzero(found)
+                    raw = [raw[i] for i in ring_rows.tolist()]
+                _, rings = tc.decode_rings(raw)
             present |= found
         lists: dict[int, tuple] = {}
         wanted = [tc.outputs[p] for p in r.positions]
@@ -594,8 +702,16 @@ class OnlineStore:
                         hit[f"s{k}"] = np.where(valid, words[:, :, 2 + 2 * k].view(np.float64), 0.0) @ member
                         nn = np.where(valid, words[:, :, 3 + 2 * k], 0).astype(np.float64) @ member
                         hit[f"n{k}"] = np.rint(nn).astype(np.int64)
-                if len(words):
-                    np.maximum(newest, np.where(valid, expected, _NAT).max(axis=1), out=newest)
+                live = np.where(valid, expected, _NAT).max(axis=1) if len(words) else np.zeros(0, dtype=np.int64)
+                if ring_rows is None:
+                    if len(words):
+                        np.maximum(newest, live, out=newest)
+                else:  # back to every entity's row: no rings, nothing counted
+                    newest[ring_rows] = np.maximum(newest[ring_rows], live)
+                    for key, part in hit.items():
+                        full = np.zeros((n, part.shape[1]), dtype=part.dtype)
+                        full[ring_rows] = part
+                        hit[key] = full
                 totals[i] = hit
             return hit
 
@@ -641,8 +757,8 @@ class OnlineStore:
                         with np.errstate(invalid="ignore", divide="ignore"):
                             col = np.where(nn > 0, total / np.maximum(nn, 1), np.nan)
             st[~present] = FeatureStatus.NOT_FOUND
-            status[:, r.offset + j] = st
-            columns[r.offset + j] = col
+            status[:, off + j] = st
+            columns[off + j] = col
         event_ts[info.view.name] = newest.view("datetime64[us]")  # newest tile start / event time in the windows
 
     # ------------------------------------------------------------------ write
