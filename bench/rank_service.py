@@ -136,7 +136,7 @@ def _artifact(config: Config) -> Path:
     if out.exists():
         shutil.rmtree(out)
     train(config.ranking.model, epochs=1, max_rows=20_000, out_dir=out, progress=False, config=config,
-          export={"onnx": True})
+          export={"onnx": True, "int8": config.ranking.int8})
     return out
 
 
@@ -346,6 +346,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
 
             reqs = _requests(plan["warmup"] + plan["latency_requests"], seed=1)
             server = _Server(stack.redis_url, project, registry.root, batching=True, deadline_ms=None)
+            served_backend = server.backend
             try:
                 step(f"latency: {plan['latency_requests']} sequential Rank calls of {CANDIDATES} candidates "
                      f"({server.version} on {server.backend}, default config: deadline {config.ranking.deadline_ms:g} ms)")
@@ -417,7 +418,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         "model": f"{manifest['name']}/{manifest['version']}",
         "model_kind": manifest["kind"],
         "feature_set": manifest["feature_set"]["name"],
-        "backend": config.ranking.backend,
+        "backend": served_backend,  # what the server loaded (ranking.backends.serving_backend), not just the configured name
         "threads": config.ranking.threads,
         "versions_served": sorted(versions),
         "method": (f"One client: sequential Rank calls over gRPC (loopback, server in its own process) of {CANDIDATES} "

@@ -72,7 +72,12 @@ Cost: vectorised numpy; hashing goes through a per-vocabulary cache of
 distinct values, and online rows that share one object (the user's sequence
 repeated for every candidate) are encoded once. Measured (``bench rank``,
 1,000 candidates of one user from an ``OnlineFeatures``): 1.4 ms for
-``deepfm_movielens``, 1.8 ms for ``din_movielens``.
+``deepfm_movielens``, 1.8 ms for ``din_movielens``. Since then (CPU time of
+one ``deepfm_movielens`` encode of 1,000 MovieLens candidates read from Redis,
+same process, old and new code interleaved): 1.47 -> 1.07 ms, from the
+numeric fields as one matrix (one numpy call per step for all of them) and
+a column holding one value in every row (the user's fields, the request's
+hour) hashed once without a sort or set.
 """
 
 from __future__ import annotations
@@ -138,11 +143,19 @@ class _Hasher:
         if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
             if values.size == 0:
                 return np.zeros(0, dtype=np.int64)
+            if values.ndim == 1 and (values == values[0]).all():  # one value in every row: no sort
+                return np.full(values.size, self._lookup(int(values[0])), dtype=np.int64)
             uniq, inverse = np.unique(values, return_inverse=True)
             rows = np.fromiter((self._lookup(int(v)) for v in uniq.tolist()), dtype=np.int64, count=uniq.size)
             return rows[inverse.reshape(-1)]
         if isinstance(values, np.ndarray) and values.dtype.kind == "b":
             return self.ids(values.astype(np.int64))
+        n = len(values)
+        if n > 1 and isinstance(values, list) and values.count(values[0]) == n:  # one value in every row (a user's)
+            try:
+                return np.full(n, self._lookup(values[0]), dtype=np.int64)
+            except TypeError:  # unhashable (a list): one by one below
+                pass
         cache = self.cache
         try:
             for v in set(values).difference(cache):  # each new distinct value hashed once
@@ -208,6 +221,7 @@ class FeatureEncoder:
     fitted: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     _hashers: dict[str, _Hasher] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _num_cache: tuple[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ building
 
@@ -383,6 +397,15 @@ class FeatureEncoder:
         """Encode an ``OnlineFeatures`` result read for this feature set (keys from ``key_columns``)."""
         return self._encode(_OnlineReader(features))
 
+    def _num_params(self, nums: list[FieldSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(means, stds, columns to log1p) of the numeric fields, cached for this field list."""
+        hit = self._num_cache
+        if hit is None or hit[0] is not self.fields:
+            params = (np.array([f.mean for f in nums]), np.array([f.std for f in nums]),
+                      np.array([j for j, f in enumerate(nums) if f.transform == "log1p"], dtype=np.intp))
+            hit = self._num_cache = (self.fields, params)
+        return hit[1]
+
     def _hasher(self, vocab: str) -> _Hasher:
         h = self._hashers.get(vocab)
         if h is None:
@@ -406,17 +429,24 @@ class FeatureEncoder:
         out["cat_ids"] = cat_ids
         nums = self.num_fields
         if nums:
-            dense = np.zeros((n, 2 * len(nums)), dtype=np.float32)
+            # All numeric fields as one (n, k) matrix: each step is one numpy call over every field, not one
+            # per field (16 fields x ~8 calls on 1,000 rows were ~1 ms of a 1,000-candidate encode).
             k = len(nums)
+            mean, std, log_cols = self._num_params(nums)
+            x = np.empty((n, k))
+            ok = np.ones((n, k), dtype=bool)
             for j, f in enumerate(nums):
                 values, valid = reader.scalar(f)
-                x = np.asarray(values, dtype=np.float64)
-                ok = ~np.isnan(x) if valid is None else (valid & ~np.isnan(x))
-                if f.transform == "log1p":
-                    x = np.log1p(np.maximum(np.where(ok, x, 0.0), 0.0))
-                z = np.clip((x - f.mean) / f.std, -_CLIP, _CLIP)
-                dense[:, j] = np.where(ok, z, 0.0)
-                dense[:, k + j] = ~ok
+                x[:, j] = np.asarray(values, dtype=np.float64)
+                if valid is not None:
+                    ok[:, j] = valid
+            ok &= ~np.isnan(x)
+            if log_cols.size:
+                x[:, log_cols] = np.log1p(np.maximum(np.where(ok[:, log_cols], x[:, log_cols], 0.0), 0.0))
+            z = np.clip((x - mean) / std, -_CLIP, _CLIP)
+            dense = np.empty((n, 2 * k), dtype=np.float32)
+            dense[:, :k] = np.where(ok, z, 0.0)
+            dense[:, k:] = ~ok
             out["dense"] = dense
         for kind, length in (("bag", self.bag_len), ("seq", self.seq_len)):
             fs = self.of_kind(kind)
@@ -570,6 +600,8 @@ class _OnlineReader(_Reader):
                 raise EncodingError(f"online features lack the join key {f.source!r} (have {list(keys)})")
             col = keys[f.source]
             if isinstance(col, np.ndarray):
+                return col, None
+            if isinstance(col, list) and col and isinstance(col[0], str):  # ids from a request: no array round trip
                 return col, None
             arr = np.asarray(col)
             if arr.dtype.kind in "iu" and arr.ndim == 1:

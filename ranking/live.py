@@ -51,13 +51,15 @@ class VersionNotLoaded(LookupError):
 
 
 def default_loader(config: Any) -> Loader:
-    """``ranking.artifact.load_scorer`` on ``ranking.backend`` (or the first backend the artifact carries)."""
+    """``ranking.artifact.load_scorer`` on ``ranking.backend`` (see ``ranking.backends.serving_backend``: INT8 with
+    ``ranking.int8`` when the artifact carries it; the first backend the artifact carries when it lacks the configured one)."""
 
     def load(path: Path, record: VersionRecord) -> Any:
         from ranking.artifact import load_scorer, read_manifest
+        from ranking.backends import serving_backend
 
         backends = list(read_manifest(path).backends)
-        backend = config.ranking.backend if config.ranking.backend in backends or not backends else backends[0]
+        backend = serving_backend(config.ranking.backend, backends, int8=getattr(config.ranking, "int8", False))
         return load_scorer(path, backend, config.ranking.threads, verify=True)
 
     return load

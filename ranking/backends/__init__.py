@@ -57,6 +57,23 @@ def load_backend(name: str, artifact_dir: Path, manifest: Any, threads: int, **o
     return getattr(importlib.import_module(module), cls)(Path(artifact_dir), manifest, threads, **options)
 
 
+def serving_backend(configured: str, carried: list[str] | tuple[str, ...], *, int8: bool = True) -> str:
+    """The backend a replica serves an artifact on: `configured`, except that with `int8` the ``onnxruntime``
+    backend serves the artifact's INT8 copy (``onnxruntime-int8``) when the artifact carries one; an artifact
+    without the configured backend is served on its first backend (its order: eager, onnxruntime, ...).
+
+    Why INT8 by default (``ranking.int8``; DeepFM on MovieLens, artifact deepfm-20261128T091622,
+    ``cascade rank evaluate``, 10,000 test rows): test AUC 0.7478 -> 0.7476 (-0.0002), behaviour-rich AUC
+    0.75625 -> 0.75622, logloss 0.5869 -> 0.5867, mean |delta p| 0.0135 (max 0.087), and 2.2x the
+    samples/s (93k -> 209k on 2 threads); one 1,000-row call 4.6-5.7 ms against 7.4-11 ms.
+    """
+    if int8 and configured == "onnxruntime" and "onnxruntime-int8" in carried:
+        return "onnxruntime-int8"
+    if configured in carried or not carried:
+        return configured
+    return carried[0]
+
+
 def available_backends(manifest: Any) -> list[str]:
     """Backends of `manifest` whose runtime can start on this machine (TensorRT needs tensorrt and a GPU)."""
     out = []
@@ -70,4 +87,4 @@ def available_backends(manifest: Any) -> list[str]:
     return out
 
 
-__all__ = ["BACKEND_NAMES", "CPU_CHUNK_ROWS", "BackendUnavailable", "available_backends", "load_backend"]
+__all__ = ["BACKEND_NAMES", "CPU_CHUNK_ROWS", "BackendUnavailable", "available_backends", "load_backend", "serving_backend"]
