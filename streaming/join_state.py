@@ -43,6 +43,7 @@ when it was removed) and stored by :mod:`streaming.join_checkpoint`;
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -126,6 +127,75 @@ class JoinCounts:
         return self.positives + self.negatives
 
 
+class Timeline:
+    """Sample ids by a time (close or forget), taken in time order: buckets of `bucket_ms` under a heap of buckets.
+
+    Why not a heap of (time, id): a push and a pop cost ~1.5 us per impression,
+    twice (close, then forget); a bucket is a list append. Items are not
+    removed when their entry changes: `time_of(sid)` (None: no longer
+    scheduled) is asked when the bucket comes up, and an item whose time moved
+    to another bucket is dropped there. Exact: nothing is returned before its
+    time; only the order within a bucket is arbitrary.
+    """
+
+    __slots__ = ("ms", "lists", "keys")
+
+    def __init__(self, bucket_ms: int = 100) -> None:
+        self.ms = bucket_ms
+        self.lists: dict[int, deque[str]] = {}
+        self.keys: list[int] = []  # heap of bucket numbers
+
+    def add(self, t: int, sid: str) -> None:
+        b = t // self.ms
+        lst = self.lists.get(b)
+        if lst is None:
+            self.lists[b] = deque((sid,))
+            heapq.heappush(self.keys, b)
+        else:
+            lst.append(sid)
+
+    def next_time(self) -> int:
+        """Start of the earliest bucket (a lower bound of the next time); a huge number when empty."""
+        return self.keys[0] * self.ms if self.keys else 1 << 62
+
+    def pop_due(self, now: int, time_of: Callable[[str], int | None]) -> list[str]:
+        """Every id whose time is <= `now` (an id added twice may come twice)."""
+        out: list[str] = []
+        keys, lists, ms = self.keys, self.lists, self.ms
+        while keys and keys[0] * ms <= now:
+            b = keys[0]
+            keep: deque[str] = deque()
+            for sid in lists[b]:
+                t = time_of(sid)
+                if t is None or t // ms != b:
+                    continue  # stale
+                if t <= now:
+                    out.append(sid)
+                else:
+                    keep.append(sid)
+            if keep:  # the bucket `now` falls in
+                lists[b] = keep
+                break
+            heapq.heappop(keys)
+            del lists[b]
+        return out
+
+    def pop_first(self, time_of: Callable[[str], int | None]) -> str | None:
+        """The oldest id (by bucket, then insertion), removed; None when empty."""
+        keys, lists, ms = self.keys, self.lists, self.ms
+        while keys:
+            b = keys[0]
+            lst = lists[b]
+            while lst:
+                sid = lst.popleft()
+                t = time_of(sid)
+                if t is not None and t // ms == b:
+                    return sid
+            heapq.heappop(keys)
+            del lists[b]
+        return None
+
+
 class JoinState:
     """Open impressions, early events and emitted markers, keyed by sample id.
 
@@ -149,14 +219,14 @@ class JoinState:
         self.retention_ms = int(retention_ms)
         self.emit = emit
         self.feature_set = feature_set
-        self._feature_set_ref = (FeatureSetRef(name=feature_set[0], version=feature_set[1])
-                                 if feature_set is not None else None)
+        self._feature_set_ref = (FeatureSetRef(name=feature_set[0], version=feature_set[1]).SerializeToString()
+                                 if feature_set is not None else b"")
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.entries: dict[str, Entry] = {}
         self.n_open = 0  # OPEN + EARLY entries
         self.n_done = 0  # DONE entries
-        self._close_heap: list[tuple[int, str]] = []  # (close_ms, sid) of OPEN/EARLY; stale items skipped
-        self._forget_heap: list[tuple[int, str]] = []  # (forget_ms, sid) of DONE
+        self._closing = Timeline()  # OPEN/EARLY sids by close time (stale items skipped)
+        self._forgetting = Timeline()  # DONE sids by forget time
         self.dirty: set[str] = set()
         self.watermark_ms = -(1 << 62)
         self.floor_ms = -(1 << 62)  # newest window end of a forgotten marker
@@ -187,7 +257,7 @@ class JoinState:
                 return ts
             entries[sid] = (OPEN, close, partition, ts, b"", value)
             self.n_open += 1
-            heapq.heappush(self._close_heap, (close, sid))
+            self._closing.add(close, sid)
             self.dirty.add(sid)
             if self.n_open > self.max_pending:
                 self._overflow()
@@ -201,7 +271,7 @@ class JoinState:
                 if pos_ms >= 0:
                     c.late_clicks += 1
                 entries[sid] = (OPEN, close, partition, ts, e[4], value)
-                heapq.heappush(self._close_heap, (close, sid))
+                self._closing.add(close, sid)
                 self.dirty.add(sid)
         elif kind == DONE and sid in self.recovered:
             self.recovered.discard(sid)
@@ -235,7 +305,7 @@ class JoinState:
             close = ts + self.window_ms
             entries[sid] = (EARLY, close, ts if positive else -1, ev.timestamp_ms if positive else 0, bytes((etype,)), b"")
             self.n_open += 1
-            heapq.heappush(self._close_heap, (close, sid))
+            self._closing.add(close, sid)
             self.dirty.add(sid)
             if self.n_open > self.max_pending:
                 self._overflow()
@@ -267,7 +337,7 @@ class JoinState:
             else:
                 entries[sid] = (EARLY, close, e[2], e[3], types, b"")
             if close != e[1]:
-                heapq.heappush(self._close_heap, (close, sid))
+                self._closing.add(close, sid)
             self.dirty.add(sid)
         else:  # DONE
             if positive:
@@ -285,27 +355,35 @@ class JoinState:
         if watermark_ms > self.watermark_ms:
             self.watermark_ms = watermark_ms
         wm = self.watermark_ms
-        heap = self._close_heap
-        while heap and heap[0][0] <= wm:
-            close, sid = heapq.heappop(heap)
-            self._close(sid, close, "watermark")
-        fheap = self._forget_heap
-        while fheap and fheap[0][0] <= wm:
-            forget, sid = heapq.heappop(fheap)
-            if self._forget(sid, forget):
-                self.counts.forgotten += 1
+        if self._closing.next_time() <= wm:
+            for sid in self._closing.pop_due(wm, self._close_time):
+                self._close(sid, "watermark")
+        if self._forgetting.next_time() <= wm:
+            forgotten = 0
+            for sid in self._forgetting.pop_due(wm, self._forget_time):
+                forgotten += self._forget(sid)
+            self.counts.forgotten += forgotten
 
     def drain(self) -> None:
         """End of input: close every open impression as a negative and drop every early event as an orphan."""
-        heap = self._close_heap
-        while heap:
-            close, sid = heapq.heappop(heap)
-            self._close(sid, close, "drain")
+        while True:
+            sid = self._closing.pop_first(self._close_time)
+            if sid is None:
+                return
+            self._close(sid, "drain")
 
-    def _close(self, sid: str, close: int, cause: str) -> bool:
+    def _close_time(self, sid: str) -> int | None:
         e = self.entries.get(sid)
-        if e is None or e[0] == DONE or e[1] != close:
-            return False  # stale heap item
+        return None if e is None or e[0] == DONE else e[1]
+
+    def _forget_time(self, sid: str) -> int | None:
+        e = self.entries.get(sid)
+        return e[1] if e is not None and e[0] == DONE else None
+
+    def _close(self, sid: str, cause: str) -> bool:
+        e = self.entries.get(sid)
+        if e is None or e[0] == DONE:
+            return False  # already closed (a sid listed twice)
         c = self.counts
         if e[0] == OPEN:
             if cause == "watermark":
@@ -328,14 +406,15 @@ class JoinState:
         return True
 
     def _overflow(self) -> None:
-        heap = self._close_heap
-        while self.n_open > self.max_pending and heap:
-            close, sid = heapq.heappop(heap)
-            self._close(sid, close, "overflow")
+        while self.n_open > self.max_pending:
+            sid = self._closing.pop_first(self._close_time)
+            if sid is None:
+                return
+            self._close(sid, "overflow")
 
-    def _forget(self, sid: str, forget: int) -> bool:
+    def _forget(self, sid: str) -> bool:
         e = self.entries.get(sid)
-        if e is None or e[0] != DONE or e[1] != forget:
+        if e is None or e[0] != DONE:
             return False
         del self.entries[sid]
         self.n_done -= 1
@@ -371,16 +450,17 @@ class JoinState:
         self.entries[sid] = (DONE, forget, int(label), window_end_ms, b"", b"")
         self.n_done += 1
         self.dirty.add(sid)
-        heapq.heappush(self._forget_heap, (forget, sid))
+        self._forgetting.add(forget, sid)
         if self.n_done > self.max_emitted:
             self._evict_markers()
         return True
 
     def _evict_markers(self) -> None:
-        heap = self._forget_heap
-        while self.n_done > self.max_emitted and heap:
-            forget, sid = heapq.heappop(heap)
-            if self._forget(sid, forget):
+        while self.n_done > self.max_emitted:
+            sid = self._forgetting.pop_first(self._forget_time)
+            if sid is None:
+                return
+            if self._forget(sid):
                 self.counts.evicted_markers += 1
 
     # ------------------------------------------------------------------ persistence
@@ -395,7 +475,7 @@ class JoinState:
         return iter(self.entries.items())
 
     def load(self, items: Iterable[tuple[str, Entry | None]]) -> None:
-        """Apply stored (sid, entry-or-None) pairs in order (snapshot, then deltas); rebuilds counts and heaps."""
+        """Apply stored (sid, entry-or-None) pairs in order (snapshot, then deltas); rebuilds counts and timelines."""
         entries = self.entries
         for sid, e in items:
             if e is None:
@@ -406,17 +486,14 @@ class JoinState:
 
     def _rebuild(self) -> None:
         self.n_open = self.n_done = 0
-        close_heap, forget_heap = [], []
+        self._closing, self._forgetting = Timeline(), Timeline()
         for sid, e in self.entries.items():
             if e[0] == DONE:
                 self.n_done += 1
-                forget_heap.append((e[1], sid))
+                self._forgetting.add(e[1], sid)
             else:
                 self.n_open += 1
-                close_heap.append((e[1], sid))
-        heapq.heapify(close_heap)
-        heapq.heapify(forget_heap)
-        self._close_heap, self._forget_heap = close_heap, forget_heap
+                self._closing.add(e[1], sid)
         self.dirty = set()
 
     def set_times(self, watermark_ms: int, floor_ms: int) -> None:
@@ -428,12 +505,78 @@ class JoinState:
 # ----------------------------------------------------------------------------- sample encoding
 
 
+def _uvarint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64  # negative int32/int64: ten bytes, as protobuf writes them
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_LEN = [_uvarint(i) for i in range(1 << 14)]  # varints of lengths / small values: one lookup
+
+
+def _time_varint(ms: int) -> bytes:
+    """Varint of an epoch-ms time: six bytes for 1971..2109, unrolled; anything else the loop."""
+    if 1 << 35 <= ms < 1 << 42:
+        return bytes((ms & 127 | 128, ms >> 7 & 127 | 128, ms >> 14 & 127 | 128, ms >> 21 & 127 | 128,
+                      ms >> 28 & 127 | 128, ms >> 35))
+    return _uvarint(ms)
+
+
+def _ld(data: bytes) -> bytes:
+    n = len(data)
+    return _LEN[n] if n < 16384 else _uvarint(n)
+
+
 def encode_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
-                  feature_set: FeatureSetRef | None = None) -> bytes:
+                  feature_set: bytes = b"") -> bytes:
     """The serialized ``LabeledSample`` of an impression (every field records.proto defines for it).
 
-    (Written field by field in Python it was twice as slow as upb's setters.)
+    Written as protobuf wire bytes directly, fields in number order (what
+    protobuf itself writes): one bytes format instead of a message built field
+    by field and serialized (~0.7 us less per sample; the joiner writes one per
+    impression). `feature_set` is a serialized ``FeatureSetRef`` (empty:
+    unset). The tests compare it with the message protobuf builds.
     """
+    s = sid.encode()
+    r = imp.request_id.encode()
+    u = imp.user_id.encode()
+    it = imp.item_id.encode()
+    out = b"\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b" % (_ld(s), s, _ld(r), r, _ld(u), u, _ld(it), it)
+    if label:
+        out += b"\x2d\x00\x00\x80\x3f"  # label = 1.0f
+        if types:
+            packed = b"".join(_LEN[t] if 0 <= t < 16384 else _uvarint(t) for t in types)
+            out += b"\x32%b%b" % (_ld(packed), packed)
+    if imp_ms:
+        out += b"\x38" + _time_varint(imp_ms)
+    if label:
+        out += b"\x40" + _time_varint(click_ms)  # optional field: present for positives, even when 0
+    served = imp.served_feature_id
+    if served:
+        sf = served.encode()
+        inner = b"\x0a%b%b\x12%b%b" % (_ld(sf), sf, _ld(it), it)
+        if feature_set:
+            inner += b"\x1a%b%b" % (_ld(feature_set), feature_set)
+        out += b"\x4a%b%b" % (_ld(inner), inner)
+    pos = imp.position
+    if pos:
+        out += b"\x50" + (_LEN[pos] if 0 < pos < 16384 else _uvarint(pos))
+    if imp.HasField("model_version"):
+        mv = imp.model_version.SerializeToString()
+        out += b"\x5a%b%b" % (_ld(mv), mv)
+    if joined_ms:
+        out += b"\x60" + _time_varint(joined_ms)
+    return out
+
+
+def build_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
+                 feature_set: bytes = b"") -> LabeledSample:
+    """The same sample through the protobuf API: the reference :func:`encode_sample` is tested against."""
     s = LabeledSample(sample_id=sid, request_id=imp.request_id, user_id=imp.user_id, item_id=imp.item_id,
                       impression_timestamp_ms=imp_ms, position=imp.position, joined_at_ms=joined_ms)
     if label:
@@ -444,11 +587,11 @@ def encode_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: byt
         f = s.features
         f.served_feature_id = imp.served_feature_id
         f.item_id = imp.item_id
-        if feature_set is not None:
-            f.feature_set.CopyFrom(feature_set)
+        if feature_set:
+            f.feature_set.ParseFromString(feature_set)
     if imp.HasField("model_version"):
         s.model_version.CopyFrom(imp.model_version)
-    return s.SerializeToString()
+    return s
 
 
 # ----------------------------------------------------------------------------- watermark
@@ -586,5 +729,5 @@ def parse_sample_id(value: bytes) -> tuple[str, int, int] | None:
 
 
 __all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
-           "encode_sample", "event_type_numbers", "parse_sample_id",
+           "build_sample", "encode_sample", "event_type_numbers", "parse_sample_id",
            "sample_id"]

@@ -114,6 +114,7 @@ class JoinerStats:
     records: int = 0
     seconds: float = 0.0
     checkpoints: int = 0
+    compactions: int = 0  # checkpoints that rewrote the snapshot
     recoveries: int = 0
     recovered_samples: int = 0
     lag: int | None = None
@@ -325,8 +326,9 @@ class Joiner:
     def run(self, seconds: float | None = None, *, until_idle: bool = False, drain: bool = False) -> JoinerStats:
         """Join until stop() (or `seconds`, or idle with `until_idle`/`drain`); always ends with a checkpoint."""
         before = self.counts.copy()
-        records0, ckpt0, rec0, found0 = (self.stats_total.records, self.stats_total.checkpoints,
-                                         self.stats_total.recoveries, self.stats_total.recovered_samples)
+        total = self.stats_total
+        records0, ckpt0, comp0, rec0, found0 = (total.records, total.checkpoints, total.compactions, total.recoveries,
+                                                total.recovered_samples)
         t0 = time.monotonic()
         self.start()  # a first start's recovery counts in this run
         deadline = t0 + seconds if seconds is not None else None
@@ -365,7 +367,8 @@ class Joiner:
         total = self.stats_total
         run = JoinerStats(counts=self.counts.minus(before),
                           records=total.records - records0, seconds=time.monotonic() - t0,
-                          checkpoints=total.checkpoints - ckpt0, recoveries=total.recoveries - rec0,
+                          checkpoints=total.checkpoints - ckpt0, compactions=total.compactions - comp0,
+                          recoveries=total.recoveries - rec0,
                           recovered_samples=total.recovered_samples - found0, lag=self._lag(), idle=idle,
                           open=self.state.n_open, emitted_markers=self.state.n_done,
                           watermark_ms=self.state.watermark_ms)
@@ -458,6 +461,7 @@ class Joiner:
         try:
             if compact:
                 self._write_snapshot(out)
+                self.stats_total.compactions += 1
                 M.CHECKPOINTS.labels("compacted").inc()
             else:
                 self.checkpoint.commit(self.epoch, self._unsaved, self._meta(out))

@@ -66,8 +66,10 @@ def run(cfg: Config, redis, bootstrap: str, topics: JoinerTopics, group: str, **
         return j.run(timeout_s if (timeout_s := kw.pop("seconds", None)) else None, **kw)
 
 
-def test_join_restart_and_drain(setup, stack, redis, unique_prefix: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("compact_mb", [64.0, 1e-6], ids=["deltas", "snapshot-every-checkpoint"])
+def test_join_restart_and_drain(setup, stack, redis, unique_prefix: str, compact_mb: float) -> None:  # noqa: ANN001
     cfg, topics = setup
+    cfg = cfg.model_copy(update={"streaming": cfg.streaming.model_copy(update={"joiner_compact_min_mb": compact_mb})})
     bs = stack.kafka_bootstrap
     group = f"{unique_prefix}-join"
     # Phase 1: A clicked, B not, D clicked twice (one click re-delivered), C's click before its impression,
@@ -98,6 +100,8 @@ def test_join_restart_and_drain(setup, stack, redis, unique_prefix: str) -> None
     # Phase 3: drain closes the last open impression.
     third = run(cfg, redis, bs, topics, group, drain=True)
     assert third.counts.closed_drain == 1
+    if compact_mb < 1:  # recoveries above read a snapshot (plus deltas when a checkpoint did not compact)
+        assert first.compactions >= 1
     assert labels(samples(bs, cfg, topics.samples)) == {"r1:a": 1, "r3:d": 1, "r2:c": 1, "r1:b": 0, "r8:p": 0}
 
 

@@ -267,3 +267,32 @@ def test_positive_types_and_dedup() -> None:
     assert d.duplicates == 1 and d.evicted == 2 and len(d) == 2
     again = SampleDeduper.from_state(d.state(), capacity=2)
     assert again.check("a") and not again.check("b")
+
+
+def test_encode_sample_matches_protobuf() -> None:
+    import random
+
+    from proto.cascade.v1.common_pb2 import FeatureSetRef
+    from streaming.join_state import build_sample, encode_sample
+
+    rng = random.Random(5)
+    fs = FeatureSetRef(name="deepfm_movielens", version=12).SerializeToString()
+    cases = 0
+    for _ in range(300):
+        long_id = rng.random() < 0.2
+        im = Impression(request_id="r" * rng.choice((1, 20, 127, 128, 300)) if long_id else f"req{rng.randrange(10**6)}",
+                        user_id=f"ü{rng.randrange(1000)}", item_id=f"i{rng.randrange(10**9)}",
+                        position=rng.choice((0, 1, 127, 128, 20000, -1)), timestamp_ms=rng.choice((0, T0, 5, 1 << 45)),
+                        served_feature_id=rng.choice(("", "sf-1", "x" * 200)))
+        if rng.random() < 0.7:
+            im.model_version.CopyFrom(ModelVersion(model_name="ctr", version=f"v{rng.randrange(99)}", kind=3))
+        label = rng.random() < 0.5
+        types = bytes(rng.sample([1, 2, 4, 8, 9], rng.randrange(0, 4)))
+        args = (f"{im.request_id}:{im.item_id}", im, im.timestamp_ms, int(label), types,
+                rng.choice((0, T0 + 5)), rng.choice((0, T0 + 9, 1 << 50)), rng.choice((b"", fs)))
+        want = build_sample(*args)
+        got = encode_sample(*args)
+        assert got == want.SerializeToString(), args
+        assert LabeledSample.FromString(got) == want
+        cases += 1
+    assert cases == 300
