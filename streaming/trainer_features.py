@@ -7,12 +7,16 @@ that vector is what keeps training and serving from skewing, so:
 
 1. :class:`ServedFeatureCache` tails the ``features`` topic (assigned
    partitions, no consumer group, nothing committed) and keeps the *raw* record
-   bytes by ``served_feature_id`` under a byte budget, oldest evicted first
-   (a record holds every candidate of a request; only the impressed rows are
-   ever needed, so records are decoded on demand). It starts reading at the
-   first sample's impression time minus ``streaming.served_lookback_s``
-   (Kafka's time index), and reads ahead when a sample is newer than what it
-   has seen.
+   bytes by ``served_feature_id`` under a byte budget (``served_cache_mb``),
+   oldest evicted first (a record holds every candidate of a request; only the
+   impressed rows are ever needed, so records are decoded on demand). It starts
+   reading at the first sample's impression time minus
+   ``streaming.served_lookback_s`` (Kafka's time index), and reads ahead when a
+   sample is newer than what it has seen. Every record read leaves its
+   (partition, offset) in a bounded index, so one evicted from memory is read
+   back from Kafka when a sample asks for it: negatives come an attribution
+   window (minutes) after their request, longer than the memory budget holds
+   records at a high request rate (ranking logs every candidate).
 2. :class:`FeatureResolver` gives a batch of samples their rows: the served
    row when the record is there and carries every feature the encoder reads;
    else, when a :class:`~featurestore.client.FeatureClient` was given, the
@@ -33,7 +37,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,34 +99,53 @@ class _Record:
         self.rows = {str(v): i for i, v in enumerate(items)}
 
 
+def _decode(raw: bytes) -> _Record | None:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return _Record(data) if isinstance(data, dict) and data.get("format") == SERVED_FORMAT else None
+
+
 class ServedFeatureCache:
     """Served-feature records by id, read from the ``features`` topic; see the module docstring."""
 
-    def __init__(self, consumer: Any, topic: str, *, max_bytes: int, lookback_ms: int, decoded_keep: int = 4096) -> None:
+    def __init__(self, consumer: Any, topic: str, *, max_bytes: int, lookback_ms: int, index_max: int = 200_000,
+                 fetcher: Callable[[], Any] | None = None) -> None:
         self.consumer = consumer
         self.topic = topic
         self.max_bytes = int(max_bytes)
         self.lookback_ms = int(lookback_ms)
         self._raw: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0
-        self._decoded: OrderedDict[str, _Record | None] = OrderedDict()
-        self._decoded_keep = decoded_keep
+        self._decoded: OrderedDict[str, tuple[_Record | None, int]] = OrderedDict()
+        self._decoded_bytes = 0
+        self._decoded_max = max(8 << 20, self.max_bytes // 8)  # decoded records cost ~5x their JSON
+        self._index: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # sfid -> (partition, offset), read or not
+        self._index_max = int(index_max)
+        self._make_fetcher = fetcher
+        self._fetcher: Any = None
         self._tps: list[Any] = []
         self._last_ms: dict[Any, int] = {}  # newest record timestamp read, per partition
         self.started = False
-        self.stats = {"records": 0, "evicted": 0}
+        self.stats = {"records": 0, "evicted": 0, "refetched": 0}
 
     @classmethod
     def from_config(cls, bootstrap: str, config: Any) -> ServedFeatureCache:
         from stack.clients import kafka_consumer
 
         s = config.streaming
-        consumer = kafka_consumer(bootstrap, config.kafka, None, max_partition_fetch_bytes=8 * 1024 * 1024)
-        return cls(consumer, FEATURES_TOPIC, max_bytes=int(s.served_cache_mb) * 1024 * 1024,
-                   lookback_ms=int(s.served_lookback_s * 1000))
+
+        def consumer() -> Any:
+            return kafka_consumer(bootstrap, config.kafka, None, max_partition_fetch_bytes=8 * 1024 * 1024)
+
+        return cls(consumer(), FEATURES_TOPIC, max_bytes=int(s.served_cache_mb) * 1024 * 1024,
+                   lookback_ms=int(s.served_lookback_s * 1000), fetcher=consumer)
 
     def close(self) -> None:
         self.consumer.close()
+        if self._fetcher is not None:
+            self._fetcher.close()
 
     def _start(self, since_ms: int) -> None:
         from kafka import TopicPartition
@@ -150,8 +173,50 @@ class ServedFeatureCache:
                 self._last_ms[tp] = max(self._last_ms.get(tp, 0), int(m.timestamp or 0))
                 if m.key is None or m.value is None:
                     continue
-                self._put(m.key.decode(errors="replace"), m.value)
+                sfid = m.key.decode(errors="replace")
+                self._index[sfid] = (tp, m.offset)
+                if len(self._index) > self._index_max:
+                    self._index.popitem(last=False)
+                self._put(sfid, m.value)
                 got += 1
+        return got
+
+    def fetch(self, sfids: Sequence[str], wait_s: float) -> dict[str, _Record | None]:
+        """Read back records evicted from memory (their offsets are indexed) with a second consumer; returns them.
+
+        Samples mostly come in impression order (negatives when their
+        attribution window closes), so the records wanted together sit close
+        together: one seek per partition, then a sequential read, keeps the
+        neighbours (the next batch's) in memory too.
+        """
+        wanted: dict[Any, set[int]] = {}
+        for sfid in sfids:
+            loc = self._index.get(sfid)
+            if loc is not None and sfid not in self._raw:
+                wanted.setdefault(loc[0], set()).add(loc[1])
+        got: dict[str, _Record | None] = {}
+        if not wanted or self._make_fetcher is None:
+            return got
+        if self._fetcher is None:
+            self._fetcher = self._make_fetcher()
+        deadline = time.monotonic() + wait_s
+        for tp, offsets in wanted.items():
+            self._fetcher.assign([tp])
+            self._fetcher.seek(tp, min(offsets))
+            last = max(offsets)
+            while offsets and time.monotonic() < deadline:
+                for m in self._fetcher.poll(timeout_ms=100, max_records=500).get(tp, []):
+                    if m.key is None or m.value is None:
+                        continue
+                    sfid = m.key.decode(errors="replace")
+                    if m.offset in offsets:  # handed over directly: the memory budget may not hold them all
+                        offsets.discard(m.offset)
+                        got[sfid] = _decode(m.value)
+                    else:
+                        self._put(sfid, m.value)  # a neighbour: likely wanted by the next batches
+                    if m.offset >= last:
+                        offsets.clear()
+        self.stats["refetched"] += len(got)
         return got
 
     def _put(self, sfid: str, raw: bytes) -> None:
@@ -160,7 +225,9 @@ class ServedFeatureCache:
             self._bytes -= len(old)
         self._raw[sfid] = raw
         self._bytes += len(raw)
-        self._decoded.pop(sfid, None)
+        dropped_decoded = self._decoded.pop(sfid, None)
+        if dropped_decoded is not None:
+            self._decoded_bytes -= dropped_decoded[1]
         self.stats["records"] += 1
         while self._bytes > self.max_bytes and len(self._raw) > 1:
             _, dropped = self._raw.popitem(last=False)
@@ -189,21 +256,24 @@ class ServedFeatureCache:
             self.read(timeout_ms=50)
 
     def get(self, sfid: str) -> _Record | None:
-        if sfid in self._decoded:
+        hit = self._decoded.get(sfid)
+        if hit is not None:
             self._decoded.move_to_end(sfid)
-            return self._decoded[sfid]
+            return hit[0]
         raw = self._raw.get(sfid)
         if raw is None:
             return None
-        try:
-            data = json.loads(raw)
-            rec = _Record(data) if isinstance(data, dict) and data.get("format") == SERVED_FORMAT else None
-        except (ValueError, UnicodeDecodeError):
-            rec = None
-        self._decoded[sfid] = rec
-        if len(self._decoded) > self._decoded_keep:
-            self._decoded.popitem(last=False)
+        rec = _decode(raw)
+        self._decoded[sfid] = (rec, len(raw))
+        self._decoded_bytes += len(raw)
+        while self._decoded_bytes > self._decoded_max and len(self._decoded) > 1:
+            _, (_, size) = self._decoded.popitem(last=False)
+            self._decoded_bytes -= size
         return rec
+
+    def known(self, sfid: str) -> bool:
+        """Whether the record was seen on the topic (in memory or indexed for a read-back)."""
+        return sfid in self._raw or sfid in self._index
 
     @property
     def size_bytes(self) -> int:
@@ -247,9 +317,14 @@ class FeatureResolver:
                     records[sfid] = self.cache.get(sfid)
             missing = [sfid for sfid, rec in records.items() if rec is None]
             if missing:
-                self.cache.catch_up(max(int(samples[i].impression_timestamp_ms) for i in wanted), self.wait_s)
+                ahead = [sfid for sfid in missing if not self.cache.known(sfid)]
+                if ahead:  # not read yet: read on
+                    self.cache.catch_up(max(int(samples[i].impression_timestamp_ms) for i in wanted), self.wait_s)
                 for sfid in missing:
                     records[sfid] = self.cache.get(sfid)
+                evicted = [sfid for sfid in missing if records[sfid] is None and self.cache.known(sfid)]
+                if evicted:  # read before, no longer in memory: read back
+                    records.update(self.cache.fetch(evicted, self.wait_s))
             for i in wanted:
                 s = samples[i]
                 rec = records[s.features.served_feature_id]

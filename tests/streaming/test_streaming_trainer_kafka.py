@@ -237,3 +237,26 @@ def test_duplicates_are_learned_once_and_missing_vectors_come_from_the_online_st
     finally:
         trainer2.close()
     assert trainer2.counts["learned"] == len(samples) and trainer2.counts["no_features"] == len(unlogged)
+
+
+def test_records_evicted_from_memory_are_read_back_from_kafka(stack: Any, config: Any, unique_prefix: str,
+                                                              tmp_path: Path, repo: Any) -> None:
+    """A memory budget of ~one record: every served vector is found again by its indexed offset, none is skipped."""
+    from stack.clients import kafka_producer
+
+    cfg = trainer_config(config, tmp_path, served_cache_mb=0, trainer_batch_size=50, encoder_fit_rows=20)
+    samples_topic, features_topic = f"{unique_prefix}-samples", f"{unique_prefix}-features"
+    make_topics(stack.kafka_bootstrap, {samples_topic: 2, features_topic: 2})
+    world = SyntheticWorld(repo, FS, n_users=10, n_items=30, seed=4)
+    producer = kafka_producer(stack.kafka_bootstrap, cfg.kafka)
+    samples = produce(producer, world, 60, samples_topic=samples_topic, features_topic=features_topic,
+                      start_ms=int(time.time() * 1000))
+    producer.close()
+    trainer = Trainer(cfg, stack.kafka_bootstrap, repo=repo, samples_topic=samples_topic,
+                      features_topic=features_topic).start()
+    try:
+        _learn_until(trainer, len(samples))
+        assert trainer.cache is not None and len(trainer.cache) <= 2 and trainer.cache.stats["refetched"] > 0
+    finally:
+        trainer.close()
+    assert trainer.counts["learned"] == len(samples) and trainer.counts["no_features"] == 0
