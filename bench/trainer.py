@@ -18,6 +18,8 @@
   sparse coordinates (crosses included), ``learn_many`` and progressive validation.
   ``e2e_share_*`` is where that time went.
 * ``publish_s``: one publish of the full-size model (write, sha256, register).
+* ``checkpoint_s``: one trainer checkpoint (temp file, fsync, rename) holding 1M learned
+  coordinates and a full de-duplication ring (``streaming.dedup_capacity`` ids).
 """
 
 from __future__ import annotations
@@ -198,6 +200,26 @@ def _publish_cost(config: Config) -> dict[str, Any]:
     return {"publish_s": float(np.median(times)), "publish_rows": buckets}
 
 
+def _checkpoint_cost(dim: int, touched: int, dedup: int) -> dict[str, Any]:
+    """One checkpoint (atomic write + fsync) with `touched` learned coordinates and `dedup` remembered ids."""
+    from streaming.trainer_state import SampleDedup, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(dim, size=touched, replace=False))
+    d = SampleDedup(dedup)
+    d.add(rng.integers(1, 2**63, size=dedup, dtype=np.int64).tolist())
+    with tempfile.TemporaryDirectory() as tmp:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            path = save_checkpoint(Path(tmp), idx=idx, z=rng.normal(size=touched), n=rng.random(touched), dedup=d,
+                                   meta={"offsets": {"0": 1}})
+            times.append(time.perf_counter() - t0)
+        size = path.stat().st_size
+    return {"checkpoint_s": float(np.median(times)), "checkpoint_mb": size / 1e6, "checkpoint_touched": touched,
+            "checkpoint_dedup_ids": dedup}
+
+
 def run(quick: bool, config: Config) -> dict[str, Any]:
     import torch
 
@@ -209,4 +231,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
     out.update(_e2e(config, 20_000 if quick else 100_000, 2_000))
     out.update(_publish_cost(config))
     _step(f"publishing a {out['publish_rows']:,}-row model: {out['publish_s']:.3f}s")
+    out.update(_checkpoint_cost(dim, 1_000_000, s.dedup_capacity))
+    _step(f"a checkpoint with 1M learned coordinates and {s.dedup_capacity:,} remembered ids: "
+          f"{out['checkpoint_s']:.3f}s, {out['checkpoint_mb']:.0f} MB")
     return out
