@@ -245,6 +245,8 @@ class FeedConfig(_Section):
         description="Share of the remaining request deadline each stage may use; a late stage is cut and its fallback served.",
     )
     candidates: int = Field(1000, description="Candidates asked from recall and scored by ranking.")
+    rerank_candidates: int = Field(300, ge=1, le=2000, description="Top of the ranked list sent to rerank: enough to fill a page after its filters, "
+                                   "a third of the work of all 1,000 (rerank's cost is linear in candidates).")
     max_count: int = Field(100, description="Largest page a request may ask for (feed.proto: count in [1, 100]).")
     experiment_name: str = Field("ranking_ab", description="Active experiment; empty: everyone in 'default'.")
     treatment_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of users (stable hash of user id) in 'treatment'.")
@@ -268,6 +270,7 @@ class FeedConfig(_Section):
     item_attributes_cache_items: int = Field(200_000, ge=0, description="Item attributes kept in process (catalogue data hardly changes); 0: read every candidate every time.")
     item_attributes_ttl_s: float = Field(300.0, ge=0.0, description="How long a cached item attribute is trusted.")
     last_good_items: int = Field(100, ge=1, le=1000, description="Items kept as the user's last good feed: the served page, then the rest of the ranked list.")
+    popular_cache_s: float = Field(5.0, ge=0.0, description="How long the popular fallback reuses the list it read (a fallback should not wait on Redis).")
     popular_fallback_items: int = Field(300, ge=1, le=5000, description="Items read from the popular (trending) set when recall fails and no last good feed is left.")
     fallback_seen_window_hours: float = Field(72.0, gt=0.0, description="Fallback feeds skip items shown to the user within this long (impression history).")
     fallback_timeout_ms: float = Field(25.0, gt=0.0, description="Budget of a fallback's Redis reads (capped by what is left of the deadline).")

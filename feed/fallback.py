@@ -18,6 +18,7 @@ the user was shown within ``feed.fallback_seen_window_hours``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,23 +80,37 @@ class LastGoodFeeds:
 
 
 class PopularItems:
-    """The head of the global trending set (the popular channel's table), read straight from Redis."""
+    """The head of the global trending set (the popular channel's table), read straight from Redis.
 
-    def __init__(self, client: Any, namespace: str, limit: int) -> None:
+    The list read is reused for ``ttl_s`` (it changes slowly, and a fallback
+    should not wait on Redis); :meth:`peek` gives the last one read, however
+    old, for when there is no time left to read at all.
+    """
+
+    def __init__(self, client: Any, namespace: str, limit: int, ttl_s: float = 0.0, clock: Any = time.monotonic) -> None:
         self.client = client
         self.key = TrendingKeys.of(namespace).glob
         self.limit = limit
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._items: list[FallbackItem] = []
+        self._read_at: float | None = None
+
+    def peek(self) -> list[FallbackItem]:
+        return self._items
 
     async def load(self) -> list[FallbackItem]:
+        if self._read_at is not None and self.clock() - self._read_at < self.ttl_s:
+            return self._items
         rows = await self.client.zrevrange(self.key, 0, self.limit - 1, withscores=True)
-        if not rows:
-            return []
-        top = float(rows[0][1]) or 1.0
         out = []
-        for rank, (member, score) in enumerate(rows):
-            item = member.decode() if isinstance(member, bytes) else str(member)
-            out.append(FallbackItem(item, min(1.0, max(0.0, float(score) / top)),
-                                    (common_pb2.ChannelScore(channel="popular", score=float(score), rank=rank),)))
+        if rows:
+            top = float(rows[0][1]) or 1.0
+            for rank, (member, score) in enumerate(rows):
+                item = member.decode() if isinstance(member, bytes) else str(member)
+                out.append(FallbackItem(item, min(1.0, max(0.0, float(score) / top)),
+                                        (common_pb2.ChannelScore(channel="popular", score=float(score), rank=rank),)))
+        self._items, self._read_at = out, self.clock()
         return out
 
 

@@ -27,7 +27,9 @@ One request
    recall (merged) score scaled into [0, 1]; degraded (stage RANKING, fallback
    ``recall_score``). Feature read fails -> rerank without attributes;
    degraded (stage FEATURES).
-6. **Rerank** the scored candidates into ``count`` items. Fails -> the top
+6. **Rerank** the top ``feed.rerank_candidates`` of the ranked list into
+   ``count`` items (its rules arrange the first positions; the rest of a
+   1,000-candidate list would cost three times the work for the same page). Fails -> the top
    ``count`` of the ranked list with minimal safety filters (no id twice, one
    item per known ``group_id``, ``exclude_item_ids`` dropped); degraded
    (stage RERANK, fallback ``ranked_order``). Nothing left -> step 4's fallbacks.
@@ -366,13 +368,15 @@ class FeedGateway:
         # request costs more (~3 ms) than the rest of it; the page's items get theirs back from `ranked` below.
         add = rr.candidates.add
         organic = common_pb2.ITEM_KIND_ORGANIC
+        top = max(self.fc.rerank_candidates, req.count)
+        ids, scores = ranked.ids[:top], ranked.scores[:top]
         if attrs:
-            for item, score in zip(ranked.ids, ranked.scores):
+            for item, score in zip(ids, scores):
                 cat, author, group, pub = attrs.get(item, EMPTY)
                 add(item_id=item, score=score, category=cat, author=author, group_id=group, published_at_ms=pub,
                     kind=organic)
         else:
-            for item, score in zip(ranked.ids, ranked.scores):
+            for item, score in zip(ids, scores):
                 add(item_id=item, score=score, kind=organic)
         try:
             resp = await self.rerank.call(rr, budget.slice("rerank", ("rerank",)))
@@ -422,7 +426,8 @@ class FeedGateway:
         got: dict[str, list[FallbackItem]] = {}
         problem = ""
         since = int(self.clock() * 1000) - int(self.fc.fallback_seen_window_hours * HOUR_MS)
-        timeout = min(self.fc.fallback_timeout_ms / 1000.0, budget.remaining())
+        # at least the reserve: a stage that overran its slice (a CPU stall) must not leave the fallback no time at all
+        timeout = min(self.fc.fallback_timeout_ms / 1000.0, max(budget.remaining(), budget.reserve_s))
         try:
             if timeout <= 0:
                 raise TimeoutError
@@ -437,6 +442,8 @@ class FeedGateway:
             problem = f"fallback reads not done within {timeout * 1000:.1f} ms"
         except Exception as exc:  # noqa: BLE001 - e.g. Redis down: serve what was read, if anything
             problem = f"fallback read failed: {type(exc).__name__}: {exc}"
+        if self.popular is not None and not got.get("pop"):  # no time to read: the popular list read last time
+            got["pop"] = [i for i in self.popular.peek() if i.item_id not in req.exclude]
         for key, name in (("last_unseen", "last_good_feed"), ("pop_unseen", "popularity"),
                           ("last", "last_good_feed"), ("pop", "popularity")):
             if got.get(key):
@@ -531,6 +538,8 @@ class FeedGateway:
 
     async def _warm_up_pass(self, user_id: str, timeout_s: float) -> bool:
         try:
+            if self.popular is not None:  # the fallback of last resort has a list before it is needed
+                await asyncio.wait_for(self.popular.load(), timeout_s)
             rec = await self.recall.call(recall_pb2.RecallRequest(
                 user_id=user_id, count=min(self.fc.candidates, 200), request_id="warmup"), timeout_s)
             ids = [c.item_id for c in rec.candidates]

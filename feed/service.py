@@ -186,7 +186,8 @@ class FeedPipeline:
         self._gateway = FeedGateway(
             self.config, self.stages["recall"], self.stages["ranking"], self.stages["rerank"], attributes=attributes,
             last_good=None if redis is None else LastGoodFeeds(redis, fc.key_prefix, fc.last_good_ttl_s, fc.last_good_items),
-            popular=None if redis is None else PopularItems(redis, self.namespace, fc.popular_fallback_items),
+            popular=None if redis is None else PopularItems(redis, self.namespace, fc.popular_fallback_items,
+                                                            fc.popular_cache_s),
             history=None if redis is None else AsyncImpressionHistory.from_config(redis, self.config.rerank),
             impression_logger=self.impression_logger, impressions_from_feed=convert)
         if self.warm_up:

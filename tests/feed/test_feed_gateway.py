@@ -243,6 +243,7 @@ def test_stage_failures_degrade_with_the_right_reason_instead_of_failing(feed_en
                     out["no_rerank"] = await stub.GetFeed(request(env, user, count=10, exclude_item_ids=["1"]), timeout=30)
                     await stages["recall"].stop(0)
                     out["no_recall"] = await stub.GetFeed(request(env, user, count=5), timeout=30)
+                    out["no_recall_new_user"] = await stub.GetFeed(request(env, env.users[7], count=5), timeout=30)
                     assert await server.gateway.background.drain(30)
                     out["stats"] = dict(server.gateway.background.stats)
         return out
@@ -278,14 +279,28 @@ def test_stage_failures_degrade_with_the_right_reason_instead_of_failing(feed_en
     # the last good feed holds more than the page that was served from it; what was shown since is skipped
     shown = {i.item_id for k in ("healthy", "no_ranking", "no_rerank") for i in got[k].items}
     assert not {i.item_id for i in r.items} & shown
+
+    r = got["no_recall_new_user"]  # no last good feed: the most popular items
+    check_items(r, 5)
+    assert [x.fallback for x in r.degraded_reasons if x.stage == common_pb2.STAGE_RECALL] == ["popularity"], reasons_of(r)
+    assert [i.item_id for i in r.items] == trending_head(env, 5)
+    assert all(i.recall_channels[0].channel == "popular" for i in r.items)
     assert got["stats"].get("last_good_ok") == 1, got["stats"]  # only the healthy feed was a good one
 
 
 def test_an_inprocess_stage_past_its_slice_times_out_into_the_fallback(feed_env, feed_helpers):
     """In process: a ranking slice too small to score in (stage_budget) -> TIMEOUT, served by recall score."""
+    from prometheus_client import REGISTRY
+
     env = feed_env
     shares = {**env.config.feed.stage_budget, "ranking": 1e-7}
     cfg = feed_helpers.with_feed(env.config, stage_budget=shares)
+
+    def metric(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (metric("cascade_feed_degraded_total", stage="ranking", code="timeout"),
+              metric("cascade_feed_stage_seconds_count", stage="rerank", transport="inprocess"))
 
     async def scenario() -> Any:
         async with feed_helpers.feed_server(env, cfg) as server:
@@ -300,6 +315,9 @@ def test_an_inprocess_stage_past_its_slice_times_out_into_the_fallback(feed_env,
                and x.fallback == "recall_score" for x in resp.degraded_reasons), reasons_of(resp)
     assert result.timings.recall_ms > 0 and result.timings.rerank_ms > 0 and result.timings.total_ms > 0
     assert not result.good
+    # the Prometheus series every service exports through serving.start_metrics_server
+    assert metric("cascade_feed_degraded_total", stage="ranking", code="timeout") == before[0] + 1
+    assert metric("cascade_feed_stage_seconds_count", stage="rerank", transport="inprocess") >= before[1] + 1
 
 
 # ============================================================================ same code path
