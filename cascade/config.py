@@ -252,7 +252,6 @@ class FeedConfig(_Section):
     treatment_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of users (stable hash of user id) in 'treatment'.")
     last_good_ttl_s: float = Field(86400.0, description="How long a user's last good feed is kept in Redis as a fallback.")
     key_prefix: str = Field("cascade:feed", description="Namespace of the gateway's Redis keys.")
-
     reserve_ms: float = Field(3.0, ge=0.0, description="Time kept back from the request deadline for the fallbacks and the response; the stages share the rest.")
     bucket_ranking: dict[str, str] = Field(
         default_factory=dict,
@@ -270,8 +269,8 @@ class FeedConfig(_Section):
     item_attributes_cache_items: int = Field(200_000, ge=0, description="Item attributes kept in process (catalogue data hardly changes); 0: read every candidate every time.")
     item_attributes_ttl_s: float = Field(300.0, ge=0.0, description="How long a cached item attribute is trusted.")
     last_good_items: int = Field(100, ge=1, le=1000, description="Items kept as the user's last good feed: the served page, then the rest of the ranked list.")
-    popular_cache_s: float = Field(5.0, ge=0.0, description="How long the popular fallback reuses the list it read (a fallback should not wait on Redis).")
     popular_fallback_items: int = Field(300, ge=1, le=5000, description="Items read from the popular (trending) set when recall fails and no last good feed is left.")
+    popular_cache_s: float = Field(5.0, ge=0.0, description="How long the popular fallback reuses the list it read (a fallback should not wait on Redis).")
     fallback_seen_window_hours: float = Field(72.0, gt=0.0, description="Fallback feeds skip items shown to the user within this long (impression history).")
     fallback_timeout_ms: float = Field(25.0, gt=0.0, description="Budget of a fallback's Redis reads (capped by what is left of the deadline).")
     background_concurrency: int = Field(16, ge=1, description="After-response tasks (impression history, last good feed, impression log) running at once.")
@@ -279,6 +278,7 @@ class FeedConfig(_Section):
     recall_embedding: str = Field("", description="In-process recall: also serve the embedding channel on this artifact set (`cascade recall build --name`); empty: none.")
     recall_items: str = Field("", description="In-process recall: catalogue Parquet with a category column for per-category popular/fresh (relative to the offline root, or absolute); empty: global sets only.")
     recall_category_column: str = Field("category", description="Category column of recall_items.")
+
 
 class EventsConfig(_Section):
     """Impression logging and EventService (events/)."""
