@@ -76,7 +76,7 @@ def _plan(quick: bool) -> dict[str, Any]:
         return dict(spec=dict(n_users=20_000, n_items=20_000, n_events=200_000), sample_users=None, train_rows=10_000,
                     warmup=30, sequential=200, start_rate=12.5, max_rate=200.0, refine=1, step_s=3.0, step_warmup_s=1.0)
     return dict(spec=dict(n_users=1_000_000, n_items=1_000_000, n_events=10_000_000), sample_users=2000,
-                train_rows=100_000, warmup=100, sequential=1000, start_rate=12.5, max_rate=400.0, refine=2, step_s=8.0,
+                train_rows=60_000, warmup=100, sequential=1000, start_rate=12.5, max_rate=400.0, refine=2, step_s=8.0,
                 step_warmup_s=2.0)
 
 
