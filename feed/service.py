@@ -140,6 +140,14 @@ class FeedPipeline:
         return inprocess_rerank(server.servicer)
 
     async def start(self) -> None:
+        """Start the owned stages, connect the clients, build the gateway and warm it up; undone on failure."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
         from recall.redis_io import async_redis
         from rerank.impressions import AsyncImpressionHistory
 
@@ -240,7 +248,11 @@ class FeedServer(GrpcServer):
 
     async def start(self) -> int:
         await self.pipeline.start()
-        return await super().start()
+        try:
+            return await super().start()
+        except BaseException:
+            await self.pipeline.stop(0)
+            raise
 
     async def stop(self, grace: float | None = None) -> None:
         await super().stop(grace)
