@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 _PAGE = 8  # list elements per LRANGE when loading (each up to a chunk)
 
 

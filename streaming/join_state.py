@@ -57,7 +57,7 @@ from proto.cascade.v1.events_pb2 import Event, EventType
 from proto.cascade.v1.records_pb2 import Impression, LabeledSample
 
 # Entry kinds. An entry is a tuple (kind, a, b, c, types, payload):
-#   OPEN:  (OPEN, close_ms, partition, impression_ms, types, raw impression value)
+#   OPEN:  (OPEN, close_ms, partition, impression_ms, types, sample-to-be: see JoinState._payload)
 #   EARLY: (EARLY, close_ms, first positive event ms or -1, its client timestamp_ms, types, b"")
 #   DONE:  (DONE, forget_ms, label, window_end_ms, b"", b"")
 # `types` is the distinct event types seen, one byte each, in first-occurrence order.
@@ -243,11 +243,12 @@ class JoinState:
         except (_ProtoDecodeError, RuntimeError):
             c.invalid += 1
             return -1
-        if not imp.request_id or not imp.item_id or not imp.user_id:
+        req, item, user = imp.request_id, imp.item_id, imp.user_id
+        if not req or not item or not user or len(user) > 16_000:  # ids are 1-128 bytes (common.proto)
             c.invalid += 1
             return -1
         ts = imp.timestamp_ms or record_ts
-        sid = f"{imp.request_id}:{imp.item_id}"
+        sid = f"{req}:{item}"
         close = ts + self.window_ms
         entries = self.entries
         e = entries.get(sid)
@@ -255,7 +256,7 @@ class JoinState:
             if close <= self.floor_ms:
                 c.expired_impressions += 1
                 return ts
-            entries[sid] = (OPEN, close, partition, ts, b"", value)
+            entries[sid] = (OPEN, close, partition, ts, b"", self._payload(sid, imp, ts))
             self.n_open += 1
             self._closing.add(close, sid)
             self.dirty.add(sid)
@@ -266,11 +267,11 @@ class JoinState:
         if kind == EARLY:
             pos_ms = e[2]
             if pos_ms >= 0 and pos_ms <= close:
-                self._emit_sample(sid, value, partition, ts, 1, e[4], e[3])
+                self._emit_sample(sid, self._payload(sid, imp, ts), partition, ts, 1, e[4], e[3])
             else:
                 if pos_ms >= 0:
                     c.late_clicks += 1
-                entries[sid] = (OPEN, close, partition, ts, e[4], value)
+                entries[sid] = (OPEN, close, partition, ts, e[4], self._payload(sid, imp, ts))
                 self._closing.add(close, sid)
                 self.dirty.add(sid)
         elif kind == DONE and sid in self.recovered:
@@ -290,14 +291,15 @@ class JoinState:
             c.invalid += 1
             return -1
         ts = ev.received_at_ms or ev.timestamp_ms or record_ts
-        if not ev.request_id:
+        req, item = ev.request_id, ev.item_id
+        if not req:
             c.no_request_id += 1
             return ts
         etype = ev.type
-        if not ev.item_id or etype == 0:
+        if not item or etype == 0:
             c.invalid += 1
             return ts
-        sid = f"{ev.request_id}:{ev.item_id}"
+        sid = f"{req}:{item}"
         positive = etype in self.positive
         entries = self.entries
         e = entries.get(sid)
@@ -425,11 +427,22 @@ class JoinState:
         return True
 
     # ------------------------------------------------------------------ output
-    def _emit_sample(self, sid: str, raw: bytes, partition: int, imp_ms: int, label: int, types: bytes,
+    def _payload(self, sid: str, imp: Impression, imp_ms: int) -> bytes:
+        """What an open impression keeps: its Kafka key (user id, length-prefixed) and the sample's fixed fields.
+
+        Encoded once, when the impression arrives (it is parsed then anyway):
+        closing it only appends the label fields, and the checkpoint stores
+        this rather than the whole impression (no score, experiment, recall
+        channels: ~40 % smaller).
+        """
+        key = imp.user_id.encode()
+        return _KEY_LEN.pack(len(key)) + key + encode_body(sid, imp, imp_ms, self._feature_set_ref)
+
+    def _emit_sample(self, sid: str, payload: bytes, partition: int, imp_ms: int, label: int, types: bytes,
                      click_ms: int) -> None:
-        imp = Impression.FromString(raw)
-        value = encode_sample(sid, imp, imp_ms, label, types, click_ms, self.clock_ms(), self._feature_set_ref)
-        self.emit(value, imp.user_id.encode(), partition, label)
+        n = payload[0] | payload[1] << 8
+        value = payload[2 + n:] + sample_tail(label, types, click_ms, self.clock_ms())
+        self.emit(value, payload[2:2 + n], partition, label)
         self.mark_emitted(sid, imp_ms + self.window_ms, label)
         if label:
             self.counts.positives += 1
@@ -517,6 +530,7 @@ def _uvarint(n: int) -> bytes:
 
 
 _LEN = [_uvarint(i) for i in range(1 << 14)]  # varints of lengths / small values: one lookup
+_KEY_LEN = struct.Struct("<H")
 
 
 def _time_varint(ms: int) -> bytes:
@@ -532,46 +546,79 @@ def _ld(data: bytes) -> bytes:
     return _LEN[n] if n < 16384 else _uvarint(n)
 
 
-def encode_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
-                  feature_set: bytes = b"") -> bytes:
-    """The serialized ``LabeledSample`` of an impression (every field records.proto defines for it).
+def encode_body(sid: str, imp: Impression, imp_ms: int, feature_set: bytes = b"") -> bytes:
+    """The fields of an impression's ``LabeledSample`` that do not depend on the label, as protobuf wire bytes.
 
-    Written as protobuf wire bytes directly, fields in number order (what
-    protobuf itself writes): one bytes format instead of a message built field
-    by field and serialized (~0.7 us less per sample; the joiner writes one per
-    impression). `feature_set` is a serialized ``FeatureSetRef`` (empty:
-    unset). The tests compare it with the message protobuf builds.
+    sample_id, request_id, user_id, item_id (1-4), impression_timestamp_ms (7),
+    features (9), position (10), model_version (11), in field order, as
+    protobuf writes them. `feature_set` is a serialized ``FeatureSetRef``
+    (empty: unset). Why by hand: the joiner encodes one per impression, and
+    one bytes format over table lookups costs ~2 us where building the message
+    with the protobuf API and serializing it costs ~3 (the tests compare the
+    two on random impressions, edge cases included).
     """
+    L = _LEN
     s = sid.encode()
     r = imp.request_id.encode()
     u = imp.user_id.encode()
     it = imp.item_id.encode()
+    sf = imp.served_feature_id.encode()
+    pos = imp.position
+    if sf and 1 << 35 <= imp_ms < 1 << 42 and 0 <= pos < 16384 and imp.HasField("model_version"):
+        try:  # the common case: every length and the position below 16384 (one-lookup varints)
+            inner = b"\x0a%b%b\x12%b%b" % (L[len(sf)], sf, L[len(it)], it)
+            if feature_set:
+                inner += b"\x1a%b%b" % (L[len(feature_set)], feature_set)
+            mv = imp.model_version.SerializeToString()
+            ms = imp_ms
+            head = b"\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x38%b\x4a%b%b" % (
+                L[len(s)], s, L[len(r)], r, L[len(u)], u, L[len(it)], it,
+                bytes((ms & 127 | 128, ms >> 7 & 127 | 128, ms >> 14 & 127 | 128, ms >> 21 & 127 | 128,
+                       ms >> 28 & 127 | 128, ms >> 35)),
+                L[len(inner)], inner)
+            if pos:
+                return head + b"\x50%b\x5a%b%b" % (L[pos], L[len(mv)], mv)
+            return head + b"\x5a%b%b" % (L[len(mv)], mv)
+        except IndexError:
+            pass
     out = b"\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b" % (_ld(s), s, _ld(r), r, _ld(u), u, _ld(it), it)
-    if label:
-        out += b"\x2d\x00\x00\x80\x3f"  # label = 1.0f
-        if types:
-            packed = b"".join(_LEN[t] if 0 <= t < 16384 else _uvarint(t) for t in types)
-            out += b"\x32%b%b" % (_ld(packed), packed)
     if imp_ms:
         out += b"\x38" + _time_varint(imp_ms)
-    if label:
-        out += b"\x40" + _time_varint(click_ms)  # optional field: present for positives, even when 0
-    served = imp.served_feature_id
-    if served:
-        sf = served.encode()
+    if sf:
         inner = b"\x0a%b%b\x12%b%b" % (_ld(sf), sf, _ld(it), it)
         if feature_set:
             inner += b"\x1a%b%b" % (_ld(feature_set), feature_set)
         out += b"\x4a%b%b" % (_ld(inner), inner)
-    pos = imp.position
     if pos:
-        out += b"\x50" + (_LEN[pos] if 0 < pos < 16384 else _uvarint(pos))
+        out += b"\x50" + (L[pos] if 0 < pos < 16384 else _uvarint(pos))
     if imp.HasField("model_version"):
         mv = imp.model_version.SerializeToString()
         out += b"\x5a%b%b" % (_ld(mv), mv)
-    if joined_ms:
-        out += b"\x60" + _time_varint(joined_ms)
     return out
+
+
+_POSITIVE = b"\x2d\x00\x00\x80\x3f"  # label (5) = 1.0f
+
+
+def sample_tail(label: int, types: bytes, click_ms: int, joined_ms: int) -> bytes:
+    """label (5), event_types (6), click_timestamp_ms (8), joined_at_ms (12): appended to :func:`encode_body`.
+
+    (Protobuf reads fields in any order; the message equals the one built with the API.)
+    """
+    joined = b"\x60" + _time_varint(joined_ms) if joined_ms else b""
+    if not label:
+        return joined
+    out = _POSITIVE
+    if types:
+        packed = b"".join(_LEN[t] if 0 <= t < 16384 else _uvarint(t) for t in types)
+        out += b"\x32%b%b" % (_ld(packed), packed)
+    return out + b"\x40" + _time_varint(click_ms) + joined  # click: optional, present for positives even when 0
+
+
+def encode_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
+                  feature_set: bytes = b"") -> bytes:
+    """The serialized ``LabeledSample`` of an impression: :func:`encode_body` + :func:`sample_tail`."""
+    return encode_body(sid, imp, imp_ms, feature_set) + sample_tail(label, types, click_ms, joined_ms)
 
 
 def build_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
@@ -729,5 +776,5 @@ def parse_sample_id(value: bytes) -> tuple[str, int, int] | None:
 
 
 __all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
-           "build_sample", "encode_sample", "event_type_numbers", "parse_sample_id",
-           "sample_id"]
+           "build_sample", "encode_body", "encode_sample", "event_type_numbers", "parse_sample_id",
+           "sample_id", "sample_tail"]

@@ -3,7 +3,7 @@
     cascade streaming join                      until SIGINT / SIGTERM (graceful: flush + checkpoint)
     cascade streaming join --until-idle         stop once every input partition is consumed to its end
     cascade streaming join --drain              ... and close every open impression as a negative first
-    cascade streaming join --reset              forget the group's checkpoint first (re-reads the inputs)
+    cascade streaming join --reset              forget the group's checkpoint first (re-joins everything)
 
 Needs the servers: ``REDIS_URL`` and ``KAFKA_BOOTSTRAP_SERVERS`` (or
 ``--redis-url`` / ``--bootstrap``); ``cascade stack`` starts local ones.
@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--until-idle", action="store_true", help="stop once every input partition is consumed to its end")
     p.add_argument("--drain", action="store_true", help="at idle, close every open impression as a negative, then stop")
-    p.add_argument("--reset", action="store_true", help="delete the group's checkpoint before starting")
+    p.add_argument("--reset", action="store_true",
+                   help="delete the group's checkpoint first: the inputs are joined again from their beginning and "
+                        "every sample is written again (use a fresh samples topic)")
     p.add_argument("--writer", choices=("batch", "producer"), default="batch",
                    help="sample writer: batch (own record batches, fast) or producer (KafkaProducer)")
     p.add_argument("--redis-url", default=None, help="checkpoint store (default: REDIS_URL / config redis.url)")
@@ -51,7 +53,7 @@ def main(argv: Sequence[str]) -> int:
     from cascade.config import get_config
     from stack.clients import redis_client
     from streaming.join_checkpoint import CheckpointFenced, JoinCheckpoint
-    from streaming.joiner import Joiner, JoinerTopics
+    from streaming.joiner import Joiner, JoinerTopics, tune_gc
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -86,6 +88,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     previous = {sig: signal.signal(sig, lambda *_: joiner.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    tune_gc()
     try:
         log.info("joining %s + %s -> %s as group %s", topics.impressions, topics.events, topics.samples, group)
         stats = joiner.run(args.seconds, until_idle=args.until_idle, drain=args.drain)

@@ -83,7 +83,15 @@ class SampleWriter:
         """Nothing to do: the producer's own thread sends after `linger_ms`."""
 
     def reset(self) -> None:
-        """Forget a reported error (after the joiner recovered)."""
+        """Before a recovery reads the output: let every send in flight finish (landed or failed), forget the error.
+
+        Nothing may still be on its way once the recovery has read what landed,
+        or it would land unseen and be written a second time.
+        """
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except KafkaError as exc:  # e.g. a timeout: something may still be in flight
+            raise SampleWriteError(f"samples still in flight to {self.topic!r}: {exc}") from exc
         self._error = None
 
     def close(self) -> None:
@@ -268,7 +276,25 @@ class BatchSampleWriter:
             raise SampleWriteError(f"writing samples to {self.topic!r} failed: {type(exc).__name__}: {exc}")
 
     def reset(self) -> None:
-        """After a recovery: drop unsent records and the error, refresh metadata (a leader may have moved)."""
+        """Before a recovery reads the output: wait for the requests in flight (landed or failed), drop what was
+        not sent, forget the error, refresh metadata (a leader may have moved).
+
+        Nothing may still be on its way once the recovery has read what landed,
+        or it would land unseen and be written a second time: SampleWriteError
+        if a request outlives the wait (the joiner retries the recovery later;
+        requests time out after ``request_timeout_ms``).
+        """
+        deadline = time.monotonic() + self.flush_timeout_s
+        for fut in self._inflight:
+            left = deadline - time.monotonic()
+            if left > 0 and not fut.is_done:
+                try:
+                    self.client.poll(future=fut, timeout_ms=int(left * 1000))
+                except Exception:  # noqa: BLE001 - only waiting here
+                    pass
+        self._inflight = [fut for fut in self._inflight if not fut.is_done]
+        if self._inflight:
+            raise SampleWriteError(f"{len(self._inflight)} produce requests to {self.topic!r} still in flight")
         self._error = None
         self._inflight = []
         self._buf = {p: [] for p in self.partitions}
