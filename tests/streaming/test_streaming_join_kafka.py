@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import pytest
 from kafka.errors import KafkaError
+from prometheus_client import REGISTRY
 
 from cascade.config import Config, TopicConfig
 from proto.cascade.v1.events_pb2 import Event
@@ -81,7 +82,10 @@ def test_join_restart_and_drain(setup, stack, redis, unique_prefix: str, compact
         click("r9", "z", T0 + 300, "e-orphan"),
         Event(event_id="e-deeplink", type=1, user_id="u1", item_id="a", timestamp_ms=T0 + 10, received_at_ms=T0 + 10),
     ])
+    positives_before = REGISTRY.get_sample_value("cascade_joiner_samples_out_total", {"label": "1"}) or 0.0
     first = run(cfg, redis, bs, topics, group, until_idle=True)
+    assert REGISTRY.get_sample_value("cascade_joiner_samples_out_total", {"label": "1"}) == positives_before + 2
+    assert REGISTRY.get_sample_value("cascade_joiner_pending", {"kind": "open"}) == 3
     assert labels(samples(bs, cfg, topics.samples)) == {"r1:a": 1, "r3:d": 1}
     c = first.counts
     assert c.duplicate_clicks == 2 and c.no_request_id == 1 and c.orphan_clicks == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -115,11 +116,17 @@ def test_kill_9_three_times_under_load(stack, config: Config, unique_prefix: str
         proc = start()
     load.join(timeout=60)
     assert load.error is None and not load.is_alive()
-    proc.kill()
-    proc.wait(timeout=10)
+    deadline = time.monotonic() + 60
+    while "recovered (" not in logs[-1].read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, logs[-1].read_text()[-3000:]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # graceful: flush, checkpoint, exit 0
+    assert proc.wait(timeout=30) == 0, logs[-1].read_text()[-3000:]
     final = subprocess.run(cmd + ["--drain", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     stats = json.loads(final.stdout.strip().splitlines()[-1])
+    assert stats["recovered_samples"] == 0  # the SIGTERM'd run left nothing after its last checkpoint
 
     tail = OutputTail(bs, config.kafka, out_topic)
     try:
