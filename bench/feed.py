@@ -35,6 +35,9 @@ Measured:
 * ``max_rate_rps``: the highest open-loop rate (``loadtest.find_max_rate``,
   uniform arrivals, latency from each request's due time) at which p99 <=
   50 ms with no errors; ``at_goal_rate_*``: the step at 50 req/s;
+* ``grpc_feed_p50_ms`` / ``grpc_feed_p99_ms`` / ``grpc_stage_*``: the
+  sequential calls again with ``feed.stage_transport = 'grpc'``, recall,
+  ranking and rerank each in its own process (no shared GIL, a gRPC hop each);
 * ``deadline_rate_rps``: the same search for p99 within the deadline itself
   (``feed.deadline_ms``; client timeout twice that, at most 1 % errors): the
   rate the gateway sustains while answering in time, degraded or not.
@@ -104,6 +107,27 @@ class BenchRequests:
 # ----------------------------------------------------------------------------- the server process
 
 
+def _stage_main(stage: str, config_json: str, redis_url: str, kafka: str, conn: Any) -> None:
+    """Child process: one stage's gRPC server (as the feed builds it in process) on a free port until "stop"."""
+    from cascade.config import Config
+    from feed.service import build_inprocess_stages
+
+    config = Config.model_validate(json.loads(config_json))
+
+    async def main() -> None:
+        servers, closers = build_inprocess_stages(config, redis_url, kafka, check_registry=False, only=(stage,))
+        server = servers[stage]
+        conn.send(await server.start())
+        while await asyncio.to_thread(conn.recv) == "timings":
+            conn.send(([], [], {}, {}))
+        await server.stop(2.0)
+        for close in closers:
+            await close()
+        conn.send("stopped")
+
+    asyncio.run(main())
+
+
 def _server_main(config_json: str, redis_url: str, kafka: str, conn: Any) -> None:
     """Child process: the FeedService on a free port; answers "timings" (StageTimings since last asked) and "stop"."""
     from cascade.config import Config
@@ -147,10 +171,12 @@ def _server_main(config_json: str, redis_url: str, kafka: str, conn: Any) -> Non
 
 
 class _Server:
-    def __init__(self, config: Config, redis_url: str, kafka: str) -> None:
+    def __init__(self, config: Config, redis_url: str, kafka: str, stage: str | None = None) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_server_main, args=(config.model_dump_json(), redis_url, kafka, child), daemon=True)
+        args = (config.model_dump_json(), redis_url, kafka, child)
+        self.proc = ctx.Process(target=_server_main if stage is None else _stage_main,
+                                args=args if stage is None else (stage, *args), daemon=True)
         self.proc.start()
         if not self.conn.poll(600):
             self.stop()
@@ -227,6 +253,40 @@ def _stage_percentiles(timings: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _grpc_transport(cfg: Config, stack: Any, factory: BenchRequests, plan: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+    """The same sequential calls with ``stage_transport = 'grpc'``: each stage in its own process."""
+    from bench.stats import percentiles
+
+    stages: dict[str, _Server] = {}
+    out: dict[str, Any] = {}
+    try:
+        for name in ("recall", "ranking", "rerank"):
+            stages[name] = _Server(cfg, stack.redis_url, stack.kafka_bootstrap, stage=name)
+        remote = cfg.model_copy(update={"feed": cfg.feed.model_copy(update={
+            "stage_transport": "grpc", **{f"{n}_address": s.address for n, s in stages.items()}})})
+        _step(f"gRPC transport: the same {plan['sequential']} sequential calls, recall, ranking and rerank each in its own process")
+        server = _Server(remote, stack.redis_url, stack.kafka_bootstrap)
+        try:
+            server.timings()
+            seq = asyncio.run(_sequential(server.address, factory, plan["sequential"], plan["warmup"], deadline_s))
+            timings, degraded, _, _ = server.timings()
+        finally:
+            server.stop()
+    finally:
+        for s in stages.values():
+            s.stop()
+    timings, degraded = timings[plan["warmup"]:], degraded[plan["warmup"]:]
+    if seq["lat"]:
+        out.update({f"grpc_{k}": round(v, 3) for k, v in percentiles(seq["lat"], "feed_").items()})
+    out["grpc_sequential_errors"] = seq["errors"]
+    out["grpc_degraded_share"] = round(sum(degraded) / max(1, len(degraded)), 4)
+    out.update({f"grpc_{k}": v for k, v in _stage_percentiles(timings).items() if k.endswith("p50_ms")})
+    if seq["lat"]:
+        _step(f"gRPC transport: p50 {out['grpc_feed_p50_ms']:.2f} ms, p99 {out['grpc_feed_p99_ms']:.2f} ms, "
+              f"degraded {100 * out['grpc_degraded_share']:.1f}%")
+    return out
+
+
 # ----------------------------------------------------------------------------- the benchmark
 
 
@@ -299,6 +359,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
                 server.timings()
             finally:
                 server.stop()
+            grpc_transport = _grpc_transport(cfg, stack, factory, plan, deadline_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["max_rate_rps"] = result.best_rate
@@ -314,6 +375,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
                    at_goal_rate_errors=at_goal.error_rate)
     out["steps"] = [{"rate": s.rate, "p99_ms": None if s.p99_ms is None else round(s.p99_ms, 2), "passed": s.passed,
                      "reason": s.reason} for s in result.steps]
+    out.update(grpc_transport)
     out["deadline_rate_rps"] = capacity.best_rate
     cap = capacity.best
     if cap is not None:

@@ -268,38 +268,43 @@ def _recall_items_path(config: Any) -> Path | None:
 
 
 def build_inprocess_stages(config: Any, redis_url: str, kafka_bootstrap: str | None = None, *,
-                           namespace: str | None = None, check_registry: bool = True) -> tuple[dict[str, Any], list[Any]]:
+                           namespace: str | None = None, check_registry: bool = True,
+                           only: Sequence[str] = STAGE_NAMES) -> tuple[dict[str, Any], list[Any]]:
     """The three stage servers (not started), built as their own ``build_*_server`` do; and async closers.
 
     Recall: ``default_channels`` (item2item, popular, fresh on `redis_url`,
     per-category with ``feed.recall_items``) plus the embedding channel on
     ``feed.recall_embedding`` when set. Ranking: the registry's live versions
     of ``ranking.model``, served-feature log on `kafka_bootstrap`. Rerank: the
-    rule chain of ``rerank.rules_file``.
+    rule chain of ``rerank.rules_file``. `only`: build just these stages.
     """
     from ranking.service import build_ranking_server
     from recall.service import build_recall_server, default_channels
     from rerank.service import build_rerank_server
 
     fc = config.feed
-    categories = None
-    items = _recall_items_path(config)
-    if items is not None:
-        from recall.categories import ItemCategories
+    servers: dict[str, Any] = {}
+    closers: list[Any] = []
+    if "recall" in only:
+        categories = None
+        items = _recall_items_path(config)
+        if items is not None:
+            from recall.categories import ItemCategories
 
-        categories = ItemCategories.from_parquet(items, fc.recall_category_column)
-    embedding = None
-    if fc.recall_embedding:
-        from recall.channels.embedding import EmbeddingChannel
+            categories = ItemCategories.from_parquet(items, fc.recall_category_column)
+        embedding = None
+        if fc.recall_embedding:
+            from recall.channels.embedding import EmbeddingChannel
 
-        embedding = EmbeddingChannel.from_config(config, name=fc.recall_embedding)
-    channels, closers = default_channels(config, redis_url, namespace=namespace, categories=categories, embedding=embedding)
-    servers = {
-        "recall": build_recall_server(config, redis_url, channels, namespace=namespace, port=0),
-        "ranking": build_ranking_server(config, redis_url, kafka_bootstrap=kafka_bootstrap, check_registry=check_registry,
-                                        port=0),
-        "rerank": build_rerank_server(config, redis_url, port=0),
-    }
+            embedding = EmbeddingChannel.from_config(config, name=fc.recall_embedding)
+        channels, closers = default_channels(config, redis_url, namespace=namespace, categories=categories,
+                                             embedding=embedding)
+        servers["recall"] = build_recall_server(config, redis_url, channels, namespace=namespace, port=0)
+    if "ranking" in only:
+        servers["ranking"] = build_ranking_server(config, redis_url, kafka_bootstrap=kafka_bootstrap,
+                                                  check_registry=check_registry, port=0)
+    if "rerank" in only:
+        servers["rerank"] = build_rerank_server(config, redis_url, port=0)
     return servers, closers
 
 
@@ -329,12 +334,10 @@ def build_feed_server(config: Any, redis_url: str | None, kafka_bootstrap: str |
         if redis_url is None:
             raise ValueError("build_feed_server: in-process stages need a redis_url")
         built, closers = build_inprocess_stages(config, redis_url, kafka_bootstrap, namespace=namespace,
-                                                check_registry=check_registry)
-        for name, server in built.items():
-            if name in given:
-                continue
-            servers[name] = server
-            owned.append(name)
+                                                check_registry=check_registry,
+                                                only=[n for n in STAGE_NAMES if n not in given])
+        servers.update(built)
+        owned.extend(built)
     pipeline = FeedPipeline(config, redis_url, kafka_bootstrap=kafka_bootstrap, servers=servers, owned_servers=owned,
                             stages=stages, addresses=addresses, impression_logger=impression_logger,
                             feature_client=feature_client, namespace=namespace, closers=closers)
