@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until-idle", action="store_true", help="stop once every partition is consumed to its end")
     p.add_argument("--redis-url", default=None, help="online store (default: REDIS_URL / config redis.url)")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0: any)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus /metrics port (default: config ports.metrics; 0: any free port)")
     p.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress lines")
     p.add_argument("--json", action="store_true", help="print the final counts as JSON")
     return p
@@ -114,10 +115,10 @@ def main(argv: Sequence[str]) -> int:
     except (DefinitionError, FileNotFoundError, UnknownDefinition, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.metrics_port is not None:
-        from serving.metrics import start_metrics_server
+    from serving.metrics import start_metrics_server
 
-        logging.getLogger(__name__).info("metrics at http://127.0.0.1:%d/metrics", start_metrics_server(args.metrics_port))
+    port = start_metrics_server(config.ports.metrics if args.metrics_port is None else args.metrics_port)
+    logging.getLogger(__name__).info("metrics at http://127.0.0.1:%d/metrics", port)
     client = redis_client(redis_url, config.redis)
     try:
         updater = build_updater(config, client, bootstrap, repo, events_topic=args.events_topic, project=args.project,

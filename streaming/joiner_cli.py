@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="sample writer: batch (own record batches, fast) or producer (KafkaProducer)")
     p.add_argument("--redis-url", default=None, help="checkpoint store (default: REDIS_URL / config redis.url)")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0: any)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus /metrics port (default: config ports.metrics; 0: any free port)")
     p.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress lines")
     p.add_argument("--json", action="store_true", help="print the final counts as JSON")
     return p
@@ -76,10 +77,10 @@ def main(argv: Sequence[str]) -> int:
     if args.reset:
         JoinCheckpoint(client, config.streaming.joiner_key_prefix, group).reset()
         log.info("checkpoint of group %s deleted", group)
-    if args.metrics_port is not None:
-        from serving.metrics import start_metrics_server
+    from serving.metrics import start_metrics_server
 
-        log.info("metrics at http://127.0.0.1:%d/metrics", start_metrics_server(args.metrics_port))
+    port = start_metrics_server(config.ports.metrics if args.metrics_port is None else args.metrics_port)
+    log.info("metrics at http://127.0.0.1:%d/metrics", port)
     try:
         joiner = Joiner(config, client, bootstrap, topics=topics, group=group, writer=args.writer,
                         log_interval_s=args.log_interval)

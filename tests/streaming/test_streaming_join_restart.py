@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from cascade.config import Config, TopicConfig
@@ -109,6 +111,9 @@ def test_kill_9_three_times_under_load(stack, config: Config, unique_prefix: str
         while "recovered (" not in logs[-1].read_text():  # started and recovered: now it is joining
             assert proc.poll() is None and time.monotonic() < deadline, logs[-1].read_text()[-3000:]
             time.sleep(0.05)
+        if len(logs) == 1:  # the service exports its metrics while it runs
+            url = re.search(r"metrics at (http://\S+/metrics)", logs[-1].read_text()).group(1)
+            assert "cascade_joiner_records_in_total" in urllib.request.urlopen(url, timeout=10).read().decode()
         time.sleep(rng.uniform(0.1, 1.5))  # somewhere in joining, writing, checkpointing
         assert proc.poll() is None, logs[-1].read_text()[-3000:]
         proc.kill()  # SIGKILL: no flush, no checkpoint
