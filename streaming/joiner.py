@@ -56,10 +56,17 @@ make it exactly-once; and they could not cover the join state in Redis anyway.
 Why event time: see :class:`streaming.join_state.Watermark` (processing-time
 fallback for quiet streams included).
 
-Scaling: one joiner per group reads every partition. Impressions and events
-are keyed by user_id, so they are co-partitioned; a sample goes to the input
-partition's number when the samples topic has as many partitions as the
-impressions topic (the partition its key hashes to), else to the key's hash.
+Scaling: impressions and events are keyed by user_id, so they are
+co-partitioned (same partition count, same key hash): a user's clicks are in
+the events partition with the number of their impressions' partition. One
+joiner reads every partition by default; `partitions` (``--partitions 0,2``)
+gives a joiner a subset -- impressions *and* events partitions of those
+numbers -- with a checkpoint of its own (``<group>@0,2``), so N processes with
+disjoint subsets share the work. A sample goes to the samples partition of
+its impression's number when the samples topic has as many partitions as the
+impressions topic (the partition its key hashes to; a subset joiner then also
+reads back only its own), else to the key's hash. Partitions added to a topic
+are picked up at the next start.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,12 +190,17 @@ class Joiner:
     """
 
     def __init__(self, config: Any, redis_client: Any, bootstrap: str, *, topics: JoinerTopics | None = None,
-                 group: str | None = None, feature_set: tuple[str, int] | None | str = "auto", writer: str = "batch",
+                 group: str | None = None, partitions: Sequence[int] | None = None,
+                 feature_set: tuple[str, int] | None | str = "auto", writer: str = "batch",
                  log_interval_s: float = 10.0, clock_ms: Callable[[], int] | None = None) -> None:
         s = config.streaming
         self.config = config
         self.topics = topics or JoinerTopics.from_config(config)
-        self.group = group or s.joiner_group
+        self.partitions = sorted(set(partitions)) if partitions is not None else None
+        if self.partitions is not None and not self.partitions:
+            raise ValueError("an empty partition subset")
+        base = group or s.joiner_group
+        self.group = base if self.partitions is None else f"{base}@{','.join(map(str, self.partitions))}"
         self.redis = redis_client
         self.bootstrap = bootstrap
         self.window_ms = int(round(s.attribution_window_s * 1000))
@@ -246,12 +258,23 @@ class Joiner:
         try:
             imp = topic_partitions(self.consumer, self.topics.impressions, timeout_s)
             ev = topic_partitions(self.consumer, self.topics.events, timeout_s)
+            if self.partitions is not None:
+                if imp != ev:
+                    raise ValueError(f"a partition subset needs co-partitioned inputs: {self.topics.impressions} has "
+                                     f"{len(imp)} partitions, {self.topics.events} {len(ev)}")
+                missing = sorted(set(self.partitions) - set(imp))
+                if missing:
+                    raise ValueError(f"partitions {missing} do not exist (the inputs have {len(imp)})")
+                imp = ev = list(self.partitions)
             self.input_tps = ([TopicPartition(self.topics.impressions, p) for p in imp]
                               + [TopicPartition(self.topics.events, p) for p in ev])
             self.consumer.assign(self.input_tps)
             self.tail = OutputTail(self.bootstrap, kc, self.topics.samples)
-            same = len(self.tail.partitions) == len(imp)
+            n_in = len(topic_partitions(self.consumer, self.topics.impressions, timeout_s))
+            same = len(self.tail.all_partitions) == n_in
             self.out_partition = {p: (p if same else None) for p in imp}
+            if same and self.partitions is not None:
+                self.tail.only(list(self.partitions))  # only this subset's samples land there
             self.writer = make_writer(self.bootstrap, kc, self.topics.samples, self.writer_kind,
                                       self.config.streaming.joiner_linger_ms)
             self.epoch = self.checkpoint.acquire()

@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events-topic", default=None, help="input events topic (default: the configured one)")
     p.add_argument("--samples-topic", default=None, help="output samples topic (default: the configured one)")
     p.add_argument("--group", default=None, help="joiner group: names the checkpoint (default: config streaming.joiner_group)")
+    p.add_argument("--partitions", default=None,
+                   help="only these input partition numbers, e.g. 0,2 (impressions and events; own checkpoint): run "
+                        "several joiners on disjoint subsets to share the work")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--until-idle", action="store_true", help="stop once every input partition is consumed to its end")
     p.add_argument("--drain", action="store_true", help="at idle, close every open impression as a negative, then stop")
@@ -74,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
         return 1
     client = redis_client(redis_url, config.redis)
     group = args.group or config.streaming.joiner_group
-    if args.reset:
+    if args.reset and not args.partitions:
         JoinCheckpoint(client, config.streaming.joiner_key_prefix, group).reset()
         log.info("checkpoint of group %s deleted", group)
     from serving.metrics import start_metrics_server
@@ -82,8 +85,9 @@ def main(argv: Sequence[str]) -> int:
     port = start_metrics_server(config.ports.metrics if args.metrics_port is None else args.metrics_port)
     log.info("metrics at http://127.0.0.1:%d/metrics", port)
     try:
-        joiner = Joiner(config, client, bootstrap, topics=topics, group=group, writer=args.writer,
-                        log_interval_s=args.log_interval)
+        partitions = [int(x) for x in args.partitions.split(",") if x.strip()] if args.partitions else None
+        joiner = Joiner(config, client, bootstrap, topics=topics, group=group, partitions=partitions,
+                        writer=args.writer, log_interval_s=args.log_interval)
     except ValueError as exc:
         client.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -91,7 +95,10 @@ def main(argv: Sequence[str]) -> int:
     previous = {sig: signal.signal(sig, lambda *_: joiner.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
     tune_gc()
     try:
-        log.info("joining %s + %s -> %s as group %s", topics.impressions, topics.events, topics.samples, group)
+        if args.reset and args.partitions:
+            JoinCheckpoint(client, config.streaming.joiner_key_prefix, joiner.group).reset()
+            log.info("checkpoint of group %s deleted", joiner.group)
+        log.info("joining %s + %s -> %s as group %s", topics.impressions, topics.events, topics.samples, joiner.group)
         stats = joiner.run(args.seconds, until_idle=args.until_idle, drain=args.drain)
     except CheckpointFenced as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -332,8 +332,13 @@ class OutputTail:
         self.topic = topic
         self.timeout_s = timeout_s or kafka_config.request_timeout_ms / 1000
         self.consumer = kafka_consumer(bootstrap, kafka_config, None, max_poll_records=5000)
-        self.partitions = topic_partitions(self.consumer, topic, self.timeout_s)
-        self.tps = [TopicPartition(topic, p) for p in self.partitions]
+        self.all_partitions = topic_partitions(self.consumer, topic, self.timeout_s)
+        self.only(self.all_partitions)
+
+    def only(self, partitions: list[int]) -> None:
+        """Restrict end offsets and reads to these partitions (the ones a partition-subset joiner writes)."""
+        self.partitions = sorted(partitions)
+        self.tps = [TopicPartition(self.topic, p) for p in self.partitions]
 
     def end_offsets(self) -> dict[int, int]:
         """ListOffsets(latest) per partition: a lower bound of the true end on Tansu (see `read`), which is all a

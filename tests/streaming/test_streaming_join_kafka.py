@@ -169,3 +169,24 @@ def test_a_second_joiner_fences_the_first(setup, stack, redis, unique_prefix: st
     with pytest.raises(ValueError, match="was written for topics"):
         with Joiner(cfg, redis, bs, topics=other, group=group, feature_set=None) as wrong:
             wrong.start()
+
+
+def test_partition_subsets_share_the_work(setup, stack, redis, unique_prefix: str) -> None:  # noqa: ANN001
+    cfg, topics = setup
+    bs = stack.kafka_bootstrap
+    n = 60
+    users = [f"user{i % 13}" for i in range(n)]
+    produce(bs, cfg, topics.impressions, [imp(f"r{i}", "a", T0 + i, user=users[i]) for i in range(n)])
+    produce(bs, cfg, topics.events, [click(f"r{i}", "a", T0 + i + 3, f"e{i}", user=users[i]) for i in range(0, n, 4)])
+    group = f"{unique_prefix}-split"
+    runs = []
+    for part in (0, 1):  # a joiner per partition (keyed topics: a user's clicks are in its impressions' partition)
+        with Joiner(cfg, redis, bs, topics=topics, group=group, partitions=[part], feature_set=None) as j:
+            runs.append(j.run(drain=True))
+            assert j.group == f"{group}@{part}"
+    assert all(r.counts.samples > 0 for r in runs) and sum(r.counts.samples for r in runs) == n
+    assert sum(r.counts.orphan_clicks for r in runs) == 0
+    assert labels(samples(bs, cfg, topics.samples)) == {f"r{i}:a": int(i % 4 == 0) for i in range(n)}
+    with pytest.raises(ValueError, match="do not exist"):
+        with Joiner(cfg, redis, bs, topics=topics, group=group, partitions=[7], feature_set=None) as j:
+            j.start()
