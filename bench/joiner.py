@@ -23,6 +23,11 @@ do), so ``cpu_ratio`` -- raw consumer CPU seconds / joiner CPU seconds, this
 process only, for the same records -- is reported as well. The joiner runs with
 the CLI's GC settings (`streaming.joiner.tune_gc`). The samples topic is checked
 afterwards: one record per impression.
+
+``two_process_records_per_s``: the same work split over two joiner processes
+(``--partitions 0,1`` and ``2,3``, spawned, timed from a common start line to
+the later one's final checkpoint) -- how the joiner scales out, not part of the
+ratio (that compares one consumer with one joiner).
 """
 
 from __future__ import annotations
@@ -136,6 +141,44 @@ def count_samples(bootstrap: str, config: Config, topic: str) -> tuple[int, int,
         tail.close()
 
 
+def _worker(config: Config, redis_url: str, bootstrap: str, topics: tuple[str, str, str], group: str,
+            partitions: list[int], barrier: Any, out: Any) -> None:
+    """One joiner process of the two-process round: ready, wait for the start line, drain, report."""
+    from streaming.joiner import Joiner, JoinerTopics, tune_gc
+
+    client = redis_client(redis_url, config.redis)
+    joiner = Joiner(config, client, bootstrap, topics=JoinerTopics(*topics), group=group, partitions=partitions,
+                    feature_set=None)
+    try:
+        joiner.start()
+        tune_gc()
+        barrier.wait(timeout=120)
+        stats = joiner.run(drain=True)
+        out.put((stats.records, time.monotonic()))
+    finally:
+        joiner.close()
+        client.close()
+
+
+def two_processes(config: Config, redis_url: str, bootstrap: str, topics: tuple[str, str, str], group: str) -> float:
+    """Records/s of two joiner processes on disjoint partition halves, start line to the later finish."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    halves = [list(range(PARTITIONS // 2)), list(range(PARTITIONS // 2, PARTITIONS))]
+    procs = [ctx.Process(target=_worker, args=(config, redis_url, bootstrap, topics, group, h, barrier, out))
+             for h in halves]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=120)
+    t0 = time.monotonic()
+    results = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    return sum(r for r, _ in results) / (max(t for _, t in results) - t0)
+
+
 def run(quick: bool, config: Config) -> dict[str, Any]:
     from streaming.joiner import Joiner, JoinerTopics, tune_gc
 
@@ -150,7 +193,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         bootstrap, redis_url = stack.kafka_bootstrap, stack.redis_url
         assert bootstrap and redis_url
         topics = {imp_topic: TopicConfig(partitions=PARTITIONS), ev_topic: TopicConfig(partitions=PARTITIONS)}
-        samples_topics = [f"{prefix}-samples-{r}" for r in range(rounds)]
+        samples_topics = [f"{prefix}-samples-{r}" for r in range(rounds + 1)]  # the last: two processes
         topics.update({t: TopicConfig(partitions=PARTITIONS) for t in samples_topics})
         ensure_topics(bootstrap, config.kafka.model_copy(update={"topics": topics}))
         _step(f"producing {n:,} impressions + ~{int(n * CTR):,} clicks")
@@ -181,7 +224,10 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             _step(f"round {r + 1}/{rounds}: raw {raw:,.0f} records/s ({raw_cpu:.2f} CPU s), joiner {rate:,.0f} "
                   f"records/s ({join_cpus[-1]:.2f} CPU s): ratio {rate / raw:.2f}, cpu ratio "
                   f"{raw_cpu / join_cpus[-1]:.2f}; {stats.summary()}")
-        written, distinct, positives = count_samples(bootstrap, config, samples_topics[-1])
+        written, distinct, positives = count_samples(bootstrap, config, samples_topics[rounds - 1])
+        two = two_processes(cfg, redis_url, bootstrap, (imp_topic, ev_topic, samples_topics[-1]), f"{prefix}-two")
+        two_written, two_distinct, _ = count_samples(bootstrap, config, samples_topics[-1])
+        _step(f"two joiner processes: {two:,.0f} records/s; samples {two_written:,} ({two_distinct:,} distinct)")
         client.close()
     raw_med, join_med = statistics.median(raw_rates), statistics.median(join_rates)
     raw_cpu_us = statistics.median(raw_cpus) / total * 1e6
@@ -204,6 +250,9 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         "samples_distinct": distinct,
         "samples_expected": n_imp,
         "positives": positives,
+        "two_process_records_per_s": round(two),
+        "two_process_samples_written": two_written,
+        "two_process_samples_distinct": two_distinct,
         "checkpoints": last.checkpoints,
         "closed_by_watermark": last.counts.closed_watermark,
         "closed_by_drain": last.counts.closed_drain,
