@@ -320,6 +320,7 @@ class StreamingConfig(_Section):
     joiner_key_prefix: str = Field("cascade:joiner", description="Namespace of the joiner's Redis checkpoint (one per joiner_group).")
     joiner_compact_min_mb: float = Field(64.0, gt=0.0, description="Checkpoint deltas are folded into a new snapshot once they exceed this and twice the snapshot.")
     joiner_feature_set: str = Field("", description="Feature set named in LabeledSample.features (version from the feature registry); empty: ranking.feature_set.")
+    features_group: str = Field("streaming-features", description="Kafka consumer group of `cascade streaming features` (the feature store's updater over the events topic).")
     trainer_group: str = Field("streaming-trainer", description="Kafka consumer group of the FTRL trainer.")
     ftrl_alpha: float = 0.05
     ftrl_beta: float = 1.0

@@ -69,7 +69,7 @@ def build_updater(config: Any, redis_client: Any, bootstrap: str, repo: Any, *, 
     if not views:
         raise ValueError(f"no online windowed view streams from the {logical!r} topic")
     store = OnlineStore(redis_client, project or config.features.project, config.features.online_batch_keys)
-    return StreamingUpdater(config, bootstrap, store, views, group_id=group or config.features.stream_group,
+    return StreamingUpdater(config, bootstrap, store, views, group_id=group or config.streaming.features_group,
                             assign=assign, format="auto", log_interval_s=log_interval_s)
 
 
@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events-topic", default=None, help="consume this topic in place of the definitions' 'events'")
     p.add_argument("--definitions", type=Path, default=None, help="definitions file (default: config features.definitions)")
     p.add_argument("--project", default=None, help="online key namespace (default: config features.project)")
-    p.add_argument("--group", default=None, help="consumer group (default: config features.stream_group)")
+    p.add_argument("--group", default=None, help="consumer group (default: config streaming.features_group)")
     p.add_argument("--assign", action="store_true", help="take every partition without joining the group (one instance)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--until-idle", action="store_true", help="stop once every partition is consumed to its end")
