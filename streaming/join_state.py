@@ -23,12 +23,15 @@ One entry per join key ``sample_id = "<request_id>:<item_id>"`` in one dict:
   emitted twice.
 
 Times. An impression's time is its ``timestamp_ms`` (serving time, server
-clock); an event's is ``received_at_ms`` (the EventService's clock) or, when
-unset, ``timestamp_ms`` (client clock); a record missing both uses its Kafka
-timestamp. Server clocks drive windows and the watermark, so a client clock
-running minutes ahead cannot close other users' windows early. A click
-joins when its time is at most ``impression time + window``;
-``click_timestamp_ms`` in the sample is the event's own ``timestamp_ms``.
+clock). A click is attributed when it *happened* within the window: its
+``timestamp_ms`` (client clock; the EventService refuses times more than 5
+minutes ahead) is at most ``impression time + window`` -- and it is read
+before the watermark closes the window. Progress uses server clocks only: an
+event counts for the watermark (and for how long early events wait for their
+impression) at its ``received_at_ms`` (the EventService's clock), so a client
+clock running ahead cannot close other users' windows early. A record missing
+a time uses its Kafka timestamp. ``click_timestamp_ms`` in the sample is the
+event's ``timestamp_ms``.
 
 Bounds. Open impressions + early-event entries are at most ``max_pending``:
 beyond it the entry closing soonest closes now (an impression as a negative,
@@ -282,7 +285,7 @@ class JoinState:
         return ts
 
     def event(self, value: bytes, record_ts: int = 0) -> int:
-        """Feed one events-topic value; returns its event time (ms), or -1 if it was skipped."""
+        """Feed one events-topic value; returns its time for the watermark (ms), or -1 if it was skipped."""
         c = self.counts
         c.events += 1
         try:
@@ -290,7 +293,8 @@ class JoinState:
         except (_ProtoDecodeError, RuntimeError):
             c.invalid += 1
             return -1
-        ts = ev.received_at_ms or ev.timestamp_ms or record_ts
+        ts = ev.received_at_ms or ev.timestamp_ms or record_ts  # server time: progress
+        cts = ev.timestamp_ms or ts  # when it happened: attribution
         req, item = ev.request_id, ev.item_id
         if not req:
             c.no_request_id += 1
@@ -305,7 +309,7 @@ class JoinState:
         e = entries.get(sid)
         if e is None:
             close = ts + self.window_ms
-            entries[sid] = (EARLY, close, ts if positive else -1, ev.timestamp_ms if positive else 0, bytes((etype,)), b"")
+            entries[sid] = (EARLY, close, cts if positive else -1, ev.timestamp_ms if positive else 0, bytes((etype,)), b"")
             self.n_open += 1
             self._closing.add(close, sid)
             self.dirty.add(sid)
@@ -314,7 +318,7 @@ class JoinState:
             return ts
         kind = e[0]
         if kind == OPEN:
-            if ts > e[1]:  # after the impression's window: not attributed
+            if cts > e[1]:  # after the impression's window: not attributed
                 if positive:
                     c.late_clicks += 1
                 return ts
@@ -333,7 +337,7 @@ class JoinState:
                     return ts
                 entries[sid] = (EARLY, close, e[2], e[3], types, b"")
             elif positive:
-                entries[sid] = (EARLY, close, ts, ev.timestamp_ms, types, b"")
+                entries[sid] = (EARLY, close, cts, ev.timestamp_ms, types, b"")
             elif types is e[4] and close == e[1]:
                 return ts
             else:

@@ -100,6 +100,24 @@ def test_click_before_impression() -> None:
     assert st.entries["r3:y"][0] == OPEN and st.entries["r3:y"][4] == bytes([DWELL])
 
 
+def test_attribution_by_click_time_progress_by_server_time() -> None:
+    out = Out()
+    st = make(out)
+    st.impression(imp("r", "a", T0), partition=0)
+    st.impression(imp("r", "b", T0), partition=0)
+    batched = Event(event_id="b1", type=CLICK, user_id="u1", item_id="a", request_id="r", timestamp_ms=T0 + W - 100,
+                    received_at_ms=T0 + W + 3_000)  # clicked in the window, sent by the app 3 s after it ended
+    assert st.event(batched.SerializeToString()) == T0 + W + 3_000  # the watermark sees the server's time
+    assert out.labels() == {"r:a": 1}
+    late = Event(event_id="b2", type=CLICK, user_id="u1", item_id="b", request_id="r", timestamp_ms=T0 + W + 1,
+                 received_at_ms=T0 + W + 2)
+    st.event(late.SerializeToString())
+    assert st.counts.late_clicks == 1 and "r:b" not in out.labels()
+    ahead = Event(event_id="b3", type=LIKE, user_id="u9", item_id="z", request_id="q", timestamp_ms=T0 + 240_000,
+                  received_at_ms=T0 + 5)  # a client clock four minutes ahead cannot move the watermark
+    assert st.event(ahead.SerializeToString()) == T0 + 5
+
+
 def test_duplicates_make_one_sample() -> None:
     out = Out()
     st = make(out)
@@ -131,7 +149,7 @@ def test_orphans_no_request_id_late_and_invalid_are_counted() -> None:
     st.impression(imp("late", "a", T0), partition=0)
     st.advance(T0 + W - 1)
     assert st.counts.orphan_clicks == 0 and "gone:z" in st.entries
-    st.event(ev("late", "a", T0 + W + 5))  # read before the window closed, but after the window in event time
+    st.event(ev("late", "a", T0 + W + 50))  # read before the window closed, but clicked after it
     st.advance(T0 + W + 10)
     assert out.labels() == {"late:a": 0}
     assert st.counts.orphan_clicks == 1 and st.counts.orphan_events == 1
