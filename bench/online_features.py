@@ -290,8 +290,10 @@ def popularity_view(name: str = "bench_item_popularity") -> WindowedFeatureView:
     ))
 
 
-def full_rings_table(view: WindowedFeatureView, items: np.ndarray, now: datetime, seed: int = 0) -> pa.Table:
-    """A tiles table (as `OfflineStore.tiles(ring=True)`) in which every ring slot of every item is a live tile."""
+def full_rings_table(view: WindowedFeatureView, items: np.ndarray, now: datetime, seed: int = 0,
+                     key: str = "item_id") -> pa.Table:
+    """A tiles table (as `OfflineStore.tiles(ring=True)`) in which every ring slot of every entity is a live tile
+    (`key`: the view's join key; the summed column is ``rating``)."""
     rng = np.random.default_rng(seed)
     now_us = int(now.timestamp() * 1e6)
     parts = []
@@ -302,7 +304,7 @@ def full_rings_table(view: WindowedFeatureView, items: np.ndarray, now: datetime
         n = len(items) * slots
         count = rng.integers(0, 6, n)
         parts.append(pa.table({
-            "item_id": pa.array(np.repeat(items, slots)),
+            key: pa.array(np.repeat(items, slots)),
             "hop": pa.array(np.full(n, h, dtype=np.int64)).cast(pa.duration("us")),
             "tile_start": pa.array(np.tile(starts, len(items))).cast(pa.timestamp("us", "UTC")),
             "count": pa.array(count),

@@ -32,7 +32,10 @@ Measured:
   the batcher), ``inference`` (the model call);
 * the parts of one request measured in-process, for reading the totals:
   ``read_1000_p50_ms`` (the feature read), ``encode_1000_p50_ms``,
-  ``score_1000_p50_ms`` (the scorer on 1,000 rows).
+  ``score_1000_p50_ms`` (the scorer on 1,000 rows), and
+  ``read_1000_live_windows_p50_ms``: the read when every user and item has
+  full window state. (MovieLens' ratings are from 1997-98: as of now the
+  window views hold no state, so the gRPC measurements read empty windows.)
 
 Goal: ``rank_p99_ms`` <= 15 on this machine.
 """
@@ -143,12 +146,13 @@ def _artifact(config: Config) -> Path:
 class _Server:
     """The ranking server subprocess."""
 
-    def __init__(self, redis_url: str, project: str, registry: Path, batching: bool, deadline_ms: float | None) -> None:
+    def __init__(self, redis_url: str, project: str, registry: Path, batching: bool, deadline_ms: float | None,
+                 env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "bench._rank_service_server", "--redis-url", redis_url, "--project", project,
                "--registry", str(registry), "--batching", "on" if batching else "off"]
         if deadline_ms is not None:
             cmd += ["--deadline-ms", str(deadline_ms)]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, cwd=REPO_ROOT, env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
@@ -183,6 +187,20 @@ class _Server:
                 elif smp.name.endswith("_count"):
                     out.setdefault(name, [0.0, 0.0])[1] += smp.value
         return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def counter(self, name: str, **labels: str) -> float:
+        """A Prometheus counter's value (summed over samples matching `labels`) from the server's endpoint."""
+        from urllib.request import urlopen
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                    total += smp.value
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -228,6 +246,30 @@ async def _sequential(address: str, reqs: list[Any], warmup: int) -> tuple[list[
             versions.add(resp.model_version.version)
             assert len(resp.scores) == len(r.item_ids)
     return lat, fallback, versions
+
+
+async def _alternating(addresses: dict[str, str], reqs: list[Any], warmup: int) -> dict[str, list[float]]:
+    """Sequential calls, each request sent to every server in turn (rotating which goes first): latencies per server."""
+    import grpc.aio
+
+    from proto.cascade.v1 import ranking_pb2_grpc
+
+    channels = {m: grpc.aio.insecure_channel(a) for m, a in addresses.items()}
+    try:
+        stubs = {m: ranking_pb2_grpc.RankingServiceStub(c) for m, c in channels.items()}
+        names = list(stubs)
+        lat: dict[str, list[float]] = {m: [] for m in names}
+        for i, r in enumerate(reqs):
+            for m in names[i % len(names):] + names[: i % len(names)]:
+                t = time.perf_counter()
+                resp = await stubs[m].Rank(r, timeout=10)
+                if i >= warmup:
+                    lat[m].append(time.perf_counter() - t)
+                assert len(resp.scores) == len(r.item_ids)
+    finally:
+        for c in channels.values():
+            await c.close()
+    return lat
 
 
 async def _closed_loop(stub: Any, reqs: list[Any], duration_s: float, clients: int, out: dict[str, Any], offset: int) -> None:
@@ -288,6 +330,42 @@ async def _interleaved(addresses: dict[str, str], loads: dict[int, list[Any]], s
     return res
 
 
+CACHE_TTL_MS = 1000.0  # the longest features.online_cache_ttl_ms allows
+
+
+def _cache_phase(redis_url: str, project: str, registry: Path, reqs: list[Any], warmup: int) -> dict[str, Any]:
+    """The item-row cache (featurestore.online.cache) on vs off: two servers, every request to both in turn.
+
+    The cache server sees every request of the sequential stream (candidates drawn as everywhere in this
+    bench: 1,000 of MovieLens' 1,682 items, uniformly), so its hit rate is the one this traffic gives.
+    """
+    servers = {"off": _Server(redis_url, project, registry, batching=True, deadline_ms=1000.0,
+                              env={"CASCADE__FEATURES__ONLINE_CACHE_TTL_MS": "0"}),
+               "on": _Server(redis_url, project, registry, batching=True, deadline_ms=1000.0,
+                             env={"CASCADE__FEATURES__ONLINE_CACHE_TTL_MS": str(CACHE_TTL_MS)})}
+    try:
+        step(f"item-row cache ({CACHE_TTL_MS:g} ms) on vs off: {len(reqs) - warmup} requests to both servers in turn")
+        before = {m: srv.stage_totals() for m, srv in servers.items()}
+        lat = asyncio.run(_alternating({m: srv.address for m, srv in servers.items()}, reqs, warmup))
+        after = {m: srv.stage_totals() for m, srv in servers.items()}
+        hits = servers["on"].counter("cascade_feature_cache_lookups_total", result="hit")
+        misses = servers["on"].counter("cascade_feature_cache_lookups_total", result="miss")
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    out: dict[str, Any] = {"cache_ttl_ms": CACHE_TTL_MS, "cache_hit_rate": hits / (hits + misses) if hits + misses else None}
+    for m in servers:
+        p = percentiles(lat[m])
+        s1, c1 = after[m].get("features", (0.0, 0.0))
+        s0, c0 = before[m].get("features", (0.0, 0.0))
+        out.update({f"cache_{m}_p50_ms": p["p50_ms"], f"cache_{m}_p99_ms": p["p99_ms"], f"cache_{m}_mean_ms": p["mean_ms"],
+                    f"cache_{m}_features_mean_ms": (s1 - s0) / (c1 - c0) * 1e3 if c1 > c0 else None})
+    step(f"cache on: p50 {out['cache_on_p50_ms']:.2f} / p99 {out['cache_on_p99_ms']:.2f} ms (features "
+         f"{out['cache_on_features_mean_ms']:.2f} ms, hit rate {out['cache_hit_rate']:.3f}); off: p50 "
+         f"{out['cache_off_p50_ms']:.2f} / p99 {out['cache_off_p99_ms']:.2f} ms (features {out['cache_off_features_mean_ms']:.2f} ms)")
+    return out
+
+
 def _parts(config: Config, store: Any, artifact: Path, n: int) -> dict[str, float]:
     """The feature read, encoding and scoring of 1,000 candidates, in this process."""
     from featurestore.client import FeatureClient
@@ -319,6 +397,40 @@ def _parts(config: Config, store: Any, artifact: Path, n: int) -> dict[str, floa
             "score_1000_p50_ms": float(np.median(t_score) * 1e3)}
 
 
+def _live_windows_read(config: Config, client: Any, n: int) -> dict[str, float]:
+    """The feature read of `_parts` when every user and item has full window state.
+
+    MovieLens' ratings are from 1997-98, so as of now the window views (user_activity,
+    item_popularity) hold no state and the service's window reads return nothing. Here a separate
+    project gets the same rows plus every ring slot of every user and item live (2,720 bytes of
+    rings per entity: what a live catalogue costs), and the read is timed alone.
+    """
+    from featurestore.client import FeatureClient
+    from featurestore.repository import get_repo
+
+    from bench.online_features import full_rings_table
+
+    project = f"benchrankw{random.randrange(1 << 30):x}"
+    store = _materialize(config, client, project, config.ranking.feature_set)
+    repo = get_repo(config.features.definitions)
+    now = datetime.now(timezone.utc)
+    for view_name, key, count in (("item_popularity", "item_id", 1682), ("user_activity", "user_id", 943)):
+        view = repo.view(view_name)
+        store.write_tiles(view, full_rings_table(view, np.arange(1, count + 1), now, key=key))
+    fc = FeatureClient(store, repo, feature_set_versions={})
+    rng = random.Random(8)
+    lat = []
+    for i in range(n + 10):
+        user = str(rng.randint(1, 943))
+        items = [str(x) for x in rng.sample(range(1, 1683), CANDIDATES)]
+        t = time.perf_counter()
+        feats = fc.get_online_features(None, {"user_id": [user] * CANDIDATES, "item_id": items}, config.ranking.feature_set, {})
+        if i >= 10:
+            lat.append(time.perf_counter() - t)
+    assert (feats.status[:, [j for j, r in enumerate(feats.refs) if r.startswith("item_popularity:")]] != 3).all()
+    return {"read_1000_live_windows_p50_ms": float(np.median(lat) * 1e3)}
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -342,6 +454,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             version = registry.publish(artifact, auto_promote=True)
             step(f"published {config.ranking.model}/{version} into {registry.root}")
             parts = _parts(config, store, artifact, plan["parts"])
+            parts.update(_live_windows_read(config, client, plan["parts"]))
             step("in-process parts of one request: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
 
             reqs = _requests(plan["warmup"] + plan["latency_requests"], seed=1)
@@ -366,6 +479,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             latency = percentiles(lat, "rank_")
             step(f"latency p50 {latency['rank_p50_ms']:.2f} ms, p99 {latency['rank_p99_ms']:.2f} ms, "
                  f"{fallback} of {len(lat)} answered by the fallback")
+
+            cache = _cache_phase(stack.redis_url, project, registry.root, reqs, plan["warmup"])
 
             loads = {CANDIDATES: _requests(400, seed=2), SMALL: _requests(400, seed=3, candidates=SMALL)}
             servers = {"on": _Server(stack.redis_url, project, registry.root, batching=True, deadline_ms=1000.0),
@@ -412,6 +527,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         "goal_p99_ms": GOAL_P99_MS,
         "meets_goal": latency["rank_p99_ms"] <= GOAL_P99_MS,
         **{k: model_latency[k] for k in ("rank_model_p50_ms", "rank_model_p99_ms", "rank_model_fallback")},
+        **cache,
         "clients": CLIENTS,
         **out_thr,
         **parts,

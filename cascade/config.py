@@ -97,6 +97,9 @@ class FeatureStoreConfig(_Section):
     materialize_chunk_rows: int = Field(50_000, description="Rows per bounded chunk when materializing (memory stays flat).")
     online_batch_keys: int = Field(2_000, description="Keys per MGET when reading many entities online.")
     online_lean_reads: bool = Field(True, description="Single-server online reads pack MGETs straight from entity ids and parse the replies off the pooled socket with hiredis (featurestore.online, 'Reads'); off: key strings packed by hiredis, replies through redis-py's connection API. Connection trouble always falls back to redis-py.")
+    online_cache_ttl_ms: float = Field(0.0, ge=0.0, le=1000.0, description="Rows of views keyed by online_cache_entities are served from an in-process cache for at most this long after Redis returned them (featurestore.online.cache): their features may be that stale. 0: off (every read goes to Redis).")
+    online_cache_entities: tuple[str, ...] = Field(("item",), description="Entities whose views the online cache holds: ones every request shares (candidate items), not users.")
+    online_cache_max_entries: int = Field(100_000, description="Cached rows per view and key kind per cache generation; beyond them rows are read but not cached.")
     stream_group: str = Field("featurestore-stream", description="Kafka consumer group of the streaming updater.")
 
 

@@ -172,11 +172,12 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
                 if item in seen:
                     raise ValidationError(f"item_ids[{i}]", f"duplicates item_ids[{seen[item]}] ({item!r}); ids must be unique")
                 seen[item] = i
-        for i, item in enumerate(items):
-            if not item:
-                raise ValidationError(f"item_ids[{i}]", "must not be empty")
-            if len(item) > MAX_ID_BYTES // 4 and len(item.encode()) > MAX_ID_BYTES:
-                raise ValidationError(f"item_ids[{i}]", f"is {len(item.encode())} bytes, at most {MAX_ID_BYTES} allowed")
+        if "" in items or max(map(len, items)) > MAX_ID_BYTES // 4:  # C-speed scans; the per-item loop only when needed
+            for i, item in enumerate(items):
+                if not item:
+                    raise ValidationError(f"item_ids[{i}]", "must not be empty")
+                if len(item) > MAX_ID_BYTES // 4 and len(item.encode()) > MAX_ID_BYTES:
+                    raise ValidationError(f"item_ids[{i}]", f"is {len(item.encode())} bytes, at most {MAX_ID_BYTES} allowed")
         if req.HasField("model_name"):
             _require_bytes(req.model_name, "model_name", 1, MAX_MODEL_NAME_BYTES)
         if req.HasField("model_version"):

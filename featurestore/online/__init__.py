@@ -114,11 +114,21 @@ and redoes the read through redis-py's connection API (its own retry, its errors
 or a RESP3 / client-side-caching client always takes redis-py's path. Window state that an entity
 does not have is not decoded (absent items used to be summed as 2.7 MB of zero rings), and a
 stored list (genres) is decoded once per read however many rows hold it.
+
+Optional row cache (`featurestore.online.cache`, off by default): views keyed by an entity in
+``features.online_cache_entities`` (items) are served from an in-process cache of their stored
+rows for at most ``features.online_cache_ttl_ms`` (<= 1 s) after Redis returned them, so their
+features may be that stale. Measured with ``bench rank_service`` (two ranking servers, every
+request to both in turn, candidates drawn as the bench draws them: 1,000 of 1,682 items, ~40
+requests/s each, ttl 1 s, a loaded machine): hit rate 0.946, the server's feature stage 4.13 ->
+3.36 ms mean, Rank p50 13.24 -> 12.77 ms. Decoding is not cached, so that is the whole gain;
+too small for the staleness to be the default.
 """
 
+from featurestore.online.cache import RowCache
 from featurestore.online.codec import RowCodec, TileCodec
 from featurestore.online.layout import encode_entity, key_prefix, view_version
 from featurestore.online.store import FeatureStatus, OnlineResult, OnlineStore, ReadPlan
 
-__all__ = ["FeatureStatus", "OnlineResult", "OnlineStore", "ReadPlan", "RowCodec", "TileCodec",
+__all__ = ["FeatureStatus", "OnlineResult", "OnlineStore", "ReadPlan", "RowCache", "RowCodec", "TileCodec",
            "encode_entity", "key_prefix", "view_version"]

@@ -262,6 +262,13 @@ class EntityKeys(Sequence[str]):
             out._keys = [k + tail for k in self._keys]
         return out
 
+    def subset(self, rows: Sequence[int]) -> EntityKeys:
+        """The keys of the entities at `rows`."""
+        out = EntityKeys(self.prefix, [self.values[i] for i in rows], self.arity, self.tail, self.tagged)
+        if self._keys is not None:
+            out._keys = [self._keys[i] for i in rows]
+        return out
+
     def _ids(self) -> tuple[list[Any], bool] | None:
         """(the entity part of every key, whether they are Python ints rather than str) when no id needs
         escaping and the fast packer can take them; else None."""

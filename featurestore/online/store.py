@@ -38,6 +38,7 @@ from featurestore.definitions import (
     parse_ref,
 )
 from featurestore.online import scripts
+from featurestore.online.cache import RowCache
 from featurestore.online.codec import (
     RowCodec,
     TileCodec,
@@ -288,7 +289,8 @@ class OnlineStore:
     """
 
     def __init__(self, client: redis.Redis | redis.RedisCluster, project: str, batch_keys: int = 2000, *,
-                 lean_reads: bool = True) -> None:
+                 lean_reads: bool = True, cache_ttl_s: float = 0.0, cache_entities: Sequence[str] = (),
+                 cache_max_entries: int = 100_000) -> None:
         self.client = client
         self.project = project
         self.batch_keys = batch_keys
@@ -297,14 +299,20 @@ class OnlineStore:
             raise ValueError("the online store needs a client with decode_responses=False (rows are binary)")
         self._lean = bool(lean_reads) and not self.cluster and _lean_capable(client)
         self._local = threading.local()  # per thread: the lean path's receive buffer
+        # Views keyed by one of `cache_entities` (e.g. items: every request shares them) are read through a
+        # short-lived in-process cache of their stored rows (`featurestore.online.cache`); off when ttl is 0.
+        self.cache = RowCache(cache_ttl_s, cache_max_entries) if cache_ttl_s > 0 and cache_entities else None
+        self.cache_entities = frozenset(cache_entities)
         self._infos: dict[int, _ViewInfo] = {}
         self._plans: dict[Any, ReadPlan] = {}
         self._sha: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, client: redis.Redis | redis.RedisCluster, config: Any) -> "OnlineStore":
-        return cls(client, config.features.project, config.features.online_batch_keys,
-                   lean_reads=config.features.online_lean_reads)
+        f = config.features
+        return cls(client, f.project, f.online_batch_keys, lean_reads=f.online_lean_reads,
+                   cache_ttl_s=f.online_cache_ttl_ms / 1000.0, cache_entities=f.online_cache_entities,
+                   cache_max_entries=f.online_cache_max_entries)
 
     # ------------------------------------------------------------- definitions
     def info(self, view: OnlineView) -> _ViewInfo:
@@ -407,6 +415,7 @@ class OnlineStore:
         # Each distinct entity of a view is fetched and decoded once, then its row is repeated: ranking reads
         # one user's rows beside 1,000 items (decoding that user's rings 1,000 times cost ~3 ms).
         key_lists: list[EntityKeys] = []
+        families: list[str | None] = []  # per key list: its name in the row cache (None: not cached)
         views: list[tuple[_ViewRead, np.ndarray | None, int]] = []
         for r in plan.reads:
             values = self._entity_values(r.info, entity_keys)
@@ -415,10 +424,12 @@ class OnlineStore:
                 tc = r.info.tiles
                 for kind, i in r.parts:
                     key_lists.append(keys.with_tail(tc.numeric_suffix if kind == "rings" else tc.lists[i].suffix))
+                    families.append(self._cache_family(r.info, key_lists[-1]))
             else:
                 key_lists.append(keys)
+                families.append(self._cache_family(r.info, keys))
             views.append((r, inverse, len(keys)))
-        raws = iter(self._mget_many(key_lists))
+        raws = iter(self._mget_cached(key_lists, families))
         status = np.full((n, len(plan.refs)), FeatureStatus.NOT_FOUND, dtype=np.uint8)
         columns: list[Any] = [None] * len(plan.refs)
         event_ts: dict[str, np.ndarray] = {}
@@ -464,6 +475,48 @@ class OnlineStore:
 
     def _window_bases(self, info: _ViewInfo, entities: Any) -> list[str]:
         return window_entity_bases(info.prefix, self._entity_values(info, entities), len(info.view.join_keys))
+
+    def _cache_family(self, info: _ViewInfo, keys: EntityKeys) -> str | None:
+        """The cache's name for a view's keys of one kind, or None when the view is not cached."""
+        if self.cache is None:
+            return None
+        entities = info.view.entities
+        if len(entities) != 1 or entities[0].name not in self.cache_entities:
+            return None
+        return keys.prefix + ("}" if keys.tagged else "") + keys.tail
+
+    def _mget_cached(self, key_lists: list[EntityKeys], families: list[str | None]) -> list[list[bytes | None]]:
+        """`_mget_many`, except that keys of cached families are taken from the cache when it has them."""
+        if self.cache is None or not any(families):
+            return self._mget_many(key_lists)
+        cache = self.cache
+        fetch: list[EntityKeys] = []
+        pending: list[tuple[int, list[Any] | None, list[int] | None]] = []  # (list, cached answers, their misses)
+        out: list[Any] = [None] * len(key_lists)
+        for idx, (keys, family) in enumerate(zip(key_lists, families)):
+            if family is None:
+                fetch.append(keys)
+                pending.append((idx, None, None))
+                continue
+            got, missing = cache.lookup(family, keys.values)
+            if not missing:
+                out[idx] = got
+                continue
+            fetch.append(keys if len(missing) == len(got) else keys.subset(missing))
+            pending.append((idx, got, missing))
+        fetched = self._mget_many(fetch) if fetch else []
+        for (idx, got, missing), keys, raw in zip(pending, fetch, fetched):
+            if got is None:
+                out[idx] = raw
+                continue
+            cache.store(families[idx], keys.values, raw)
+            if len(missing) == len(got):
+                out[idx] = raw
+            else:
+                for i, v in zip(missing, raw):
+                    got[i] = v
+                out[idx] = got
+        return out
 
     def _mget_many(self, keys_per_view: list[EntityKeys] | list[list[str]]) -> list[list[bytes | None]]:
         if self.cluster:
