@@ -10,9 +10,10 @@ joins, label 0 when the attribution window closes.
 
 Guarantee
 ---------
-For every impression record read that is not dropped as *expired* (its
-window ended before the dedup floor; counted), the samples topic receives
-**exactly one record** with its ``sample_id`` -- after any number of crashes
+For every distinct ``sample_id`` among the valid impression records read
+(decodable, with request, item and user ids), except impressions dropped as
+*expired* (their window ended before the dedup floor; counted), the samples
+topic receives **exactly one record** -- after any number of crashes
 (``kill -9`` at any instruction), restarts, Kafka send failures or Redis
 failures. No loss, and no duplicate *in the topic* (not merely "duplicates
 downstream de-duplicates"), so consumers need no de-duplication of their own
