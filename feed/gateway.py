@@ -183,6 +183,8 @@ class FeedGateway:
         self.experiments = Experiments.from_config(self.fc)
         self.clock = clock
         self.transport = getattr(recall, "transport", "inprocess")
+        # In-process watchers of every served FeedResult (the demo's live view); must be cheap, never raise.
+        self.observers: list[Callable[[FeedResult], None]] = []
 
     # ------------------------------------------------------------------ entry
 
@@ -207,6 +209,11 @@ class FeedGateway:
         finally:
             ctxmod.request_id.reset(token)
         RESPONSES.labels("degraded" if result.response.degraded else "ok").inc()
+        for observe in self.observers:
+            try:
+                observe(result)
+            except Exception:  # noqa: BLE001 - a watcher must not fail a served feed
+                _log.exception("feed: observer failed")
         return result
 
     # ------------------------------------------------------------------ the pipeline

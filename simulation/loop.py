@@ -27,6 +27,9 @@ from simulation.ctr import CtrTracker
 from simulation.users import SimulatedUsers
 
 
+RATING_OF_CLICK = 4.0  # what a simulated user rates a movie it chose to watch
+
+
 def user_id_in_bucket(k: int, bucket: str, assign: Callable[[str], str], prefix: str = "sim") -> str:
     """A stable user id for hidden user `k` that `assign` puts in `bucket` (first matching suffix)."""
     for attempt in range(10_000):
@@ -57,6 +60,7 @@ class LoopStats:
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)  # arm -> last ranking model version seen
+    degraded_reasons: dict[str, int] = field(default_factory=dict)  # "stage: fallback" -> responses
 
 
 class ClosedLoop:
@@ -64,7 +68,7 @@ class ClosedLoop:
 
     def __init__(self, feed: object, events: object, users: SimulatedUsers, item_categories: Mapping[str, np.ndarray],
                  arms: Sequence[Arm], *, tracker: CtrTracker, count: int = 10, rate: float = 5.0, seed: int = 0,
-                 timeout_s: float = 1.0, surface: str = "home_feed") -> None:
+                 timeout_s: float = 1.0, surface: str = "home_feed", rate_clicks: bool = False) -> None:
         if any(len(a.user_ids) != users.spec.n_users for a in arms):
             raise ValueError("every arm needs one user id per hidden user")
         self.feed = feed
@@ -78,6 +82,7 @@ class ClosedLoop:
         self.seed = seed
         self.timeout_s = timeout_s
         self.surface = surface
+        self.rate_clicks = rate_clicks
         self.stats = LoopStats()
         self._zero = np.zeros(users.spec.n_categories)
         self._pending: set[asyncio.Task] = set()
@@ -126,6 +131,9 @@ class ClosedLoop:
             self.stats.requests += 1
         self.stats.latencies_ms.append(1000 * (time.perf_counter() - t0))
         self.stats.degraded += int(response.degraded)
+        for r in response.degraded_reasons:
+            key = f"{common_pb2.Stage.Name(r.stage)}/{r.component or '-'}: {common_pb2.DegradationCode.Name(r.code)}"
+            self.stats.degraded_reasons[key] = self.stats.degraded_reasons.get(key, 0) + 1
         if response.model_versions:  # the ranking model (or the heuristic that stood in) comes first
             mv = response.model_versions[0]
             self.stats.versions[arm.name] = f"{mv.model_name}/{mv.version}"
@@ -144,6 +152,10 @@ class ClosedLoop:
             events = [events_pb2.Event(event_id=uuid.uuid4().hex, type=events_pb2.EVENT_TYPE_CLICK, user_id=user_id,
                                        item_id=it.item_id, request_id=response.request_id, timestamp_ms=now_ms)
                       for it, c in zip(items, clicked) if c]
+            if self.rate_clicks:  # a watched movie is also rated: feeds rating-based features and trending
+                events += [events_pb2.Event(event_id=uuid.uuid4().hex, type=events_pb2.EVENT_TYPE_RATING,
+                                            user_id=user_id, item_id=e.item_id, request_id=e.request_id,
+                                            timestamp_ms=now_ms, value=RATING_OF_CLICK) for e in list(events)]
             try:
                 await self.events.LogEvents(events_pb2.LogEventsRequest(events=events), timeout=self.timeout_s * 5)
             except grpc.aio.AioRpcError:
