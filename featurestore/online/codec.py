@@ -295,8 +295,11 @@ class RowCodec:
             except TypeError:  # some None
                 pass
         if buf is None:
-            present = [i for i, v in enumerate(raw) if v is not None]
-            rows = [raw[i] for i in present]
+            if None in raw:
+                present = [i for i, v in enumerate(raw) if v is not None]
+                rows = [raw[i] for i in present]
+            else:  # all found: no per-row filtering
+                present, rows = range(len(raw)), raw
             buf = b"".join([r[:fsize] for r in rows]) if self.varlen else b"".join(rows)
         if not self.varlen and len(buf) != fsize * len(rows):
             raise ValueError("stored row of unexpected size: layout version mismatch")

@@ -9,7 +9,7 @@ import enum
 import functools
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -109,11 +109,12 @@ def _lean_capable(client: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, redis.connection.AbstractConnection)
 
 
-def _read_replies(sock: Any, count: int, buf: bytearray) -> list[Any]:
-    """`count` RESP2 replies read off `sock` with a hiredis Reader; error replies come back as values."""
+def _read_replies(sock: Any, count: int, buf: bytearray) -> Iterator[Any]:
+    """`count` RESP2 replies read off `sock` with a hiredis Reader, each as soon as it is complete; error
+    replies come back as values."""
     reader = _Reader(replyError=redis.exceptions.ResponseError)
-    out: list[Any] = []
-    while len(out) < count:
+    left = count
+    while left:
         reply = reader.gets()
         if reply is False:  # incomplete: read more
             n = sock.recv_into(buf)
@@ -121,8 +122,8 @@ def _read_replies(sock: Any, count: int, buf: bytearray) -> list[Any]:
                 raise ConnectionResetError("the server closed the connection mid-reply")
             reader.feed(buf, 0, n)
         else:
-            out.append(reply)
-    return out
+            left -= 1
+            yield reply
 
 
 @dataclass
@@ -429,9 +430,18 @@ class OnlineStore:
                 key_lists.append(keys)
                 families.append(self._cache_family(r.info, keys))
             views.append((r, inverse, len(keys)))
-        raws = iter(self._mget_cached(key_lists, families))
-        status = np.full((n, len(plan.refs)), FeatureStatus.NOT_FOUND, dtype=np.uint8)
-        columns: list[Any] = [None] * len(plan.refs)
+        raws = self._mget_cached(key_lists, families)  # each view decoded as soon as its replies are in
+        try:
+            status, columns, event_ts = self._decode_views(views, raws, n, len(plan.refs), now_us)
+        finally:
+            raws.close()  # a decode error leaves replies unread: the connection is dropped, not reused
+        keys_out = entity_keys if not isinstance(entity_keys, Mapping) else list(zip(*entity_keys.values()))
+        return OnlineResult(keys_out, plan.refs, plan.features, columns, status, event_ts, plan.index)
+
+    def _decode_views(self, views: list[tuple[_ViewRead, np.ndarray | None, int]], raws: Iterator[list[bytes | None]],
+                      n: int, width: int, now_us: int) -> tuple[np.ndarray, list[Any], dict[str, np.ndarray]]:
+        status = np.full((n, width), FeatureStatus.NOT_FOUND, dtype=np.uint8)
+        columns: list[Any] = [None] * width
         event_ts: dict[str, np.ndarray] = {}
         for r, inverse, m in views:
             k = len(r.positions)
@@ -455,8 +465,7 @@ class OnlineStore:
                     columns[r.offset + j] = col
                 for name, ts in into[2].items():
                     event_ts[name] = ts[inverse]
-        keys_out = entity_keys if not isinstance(entity_keys, Mapping) else list(zip(*entity_keys.values()))
-        return OnlineResult(keys_out, plan.refs, plan.features, columns, status, event_ts, plan.index)
+        return status, columns, event_ts
 
     @staticmethod
     def _entity_values(info: _ViewInfo, entities: Any) -> Any:
@@ -485,91 +494,111 @@ class OnlineStore:
             return None
         return keys.prefix + ("}" if keys.tagged else "") + keys.tail
 
-    def _mget_cached(self, key_lists: list[EntityKeys], families: list[str | None]) -> list[list[bytes | None]]:
+    def _mget_cached(self, key_lists: list[EntityKeys], families: list[str | None]) -> Iterator[list[bytes | None]]:
         """`_mget_many`, except that keys of cached families are taken from the cache when it has them."""
         if self.cache is None or not any(families):
-            return self._mget_many(key_lists)
+            yield from self._mget_many(key_lists)
+            return
         cache = self.cache
         fetch: list[EntityKeys] = []
-        pending: list[tuple[int, list[Any] | None, list[int] | None]] = []  # (list, cached answers, their misses)
-        out: list[Any] = [None] * len(key_lists)
-        for idx, (keys, family) in enumerate(zip(key_lists, families)):
+        answers: list[tuple[list[Any] | None, list[int] | None]] = []  # per key list: (cached answers, their misses)
+        for keys, family in zip(key_lists, families):
             if family is None:
                 fetch.append(keys)
-                pending.append((idx, None, None))
+                answers.append((None, None))
                 continue
             got, missing = cache.lookup(family, keys.values)
-            if not missing:
-                out[idx] = got
+            if missing:
+                fetch.append(keys if len(missing) == len(got) else keys.subset(missing))
+            answers.append((got, missing))
+        fetched = zip(fetch, self._mget_many(fetch)) if fetch else iter(())
+        for family, (got, missing) in zip(families, answers):
+            if got is not None and not missing:
+                yield got
                 continue
-            fetch.append(keys if len(missing) == len(got) else keys.subset(missing))
-            pending.append((idx, got, missing))
-        fetched = self._mget_many(fetch) if fetch else []
-        for (idx, got, missing), keys, raw in zip(pending, fetch, fetched):
+            keys, raw = next(fetched)
             if got is None:
-                out[idx] = raw
+                yield raw
                 continue
-            cache.store(families[idx], keys.values, raw)
+            cache.store(family, keys.values, raw)
             if len(missing) == len(got):
-                out[idx] = raw
-            else:
-                for i, v in zip(missing, raw):
-                    got[i] = v
-                out[idx] = got
-        return out
+                yield raw
+                continue
+            for i, v in zip(missing, raw):
+                got[i] = v
+            yield got
 
-    def _mget_many(self, keys_per_view: list[EntityKeys] | list[list[str]]) -> list[list[bytes | None]]:
+    def _mget_many(self, keys_per_view: list[EntityKeys] | list[list[str]]) -> Iterator[list[bytes | None]]:
+        """Each key list's values, in order, each yielded as soon as its replies are in (the caller decodes one
+        view while Redis still answers the next)."""
         if self.cluster:
-            return self._mget_cluster(keys_per_view)
+            yield from self._mget_cluster(keys_per_view)
+            return
         step = self.batch_keys
         if _pack_command is None:  # no hiredis: redis-py's pipeline
             chunks = [(v, list(keys[i: i + step])) for v, keys in enumerate(keys_per_view) for i in range(0, len(keys), step)]
-            results = self._send([("MGET", *ck) for _, ck in chunks]) if chunks else []
+            results: Iterable[Any] = self._send([("MGET", *ck) for _, ck in chunks]) if chunks else []
             owners = [v for v, _ in chunks]
         else:
             views = [keys if isinstance(keys, EntityKeys) else EntityKeys("", keys) for keys in keys_per_view]
             owners = [v for v, keys in enumerate(views) for _ in range(keys.mget_count(step))]
             payloads = [cmd for keys in views for cmd in keys.mget_commands(step, _pack_command, fast=self._lean)]
             results = self._read_packed(payloads) if payloads else []
-        for res in results:
+        current: list[bytes | None] = []
+        done = 0  # key lists answered so far
+        for k, (v, res) in enumerate(zip(owners, results)):
             if isinstance(res, Exception):
                 raise res
-        out: list[list[bytes | None]] = [[] for _ in keys_per_view]
-        for v, res in zip(owners, results):
-            if out[v]:
-                out[v].extend(res)
-            else:
-                out[v] = res
-        return out
+            while done < v:  # key lists without keys (no command) come back empty
+                yield []
+                done += 1
+            current = res if not current else current + res
+            if k + 1 == len(owners) or owners[k + 1] != v:
+                yield current
+                current = []
+                done += 1
+        while done < len(keys_per_view):
+            yield []
+            done += 1
 
-    def _read_packed(self, payloads: list[bytes]) -> list[Any]:
-        """Replies (errors as values) of pre-packed read commands, sent in one go on one pooled connection.
+    def _read_packed(self, payloads: list[bytes]) -> Iterator[Any]:
+        """Replies (errors as values) of pre-packed read commands, sent in one go on one pooled connection, each
+        yielded as soon as it is parsed.
 
         The lean path: the replies are parsed straight from the connection's socket by a
         `hiredis.Reader` (no redis-py response layers; see `featurestore.online`, "Reads"). Any
         connection trouble there (reset, timeout, a protocol error) disconnects that connection and
         the read is redone through redis-py's own connection API (`_exchange`, one retry on a fresh
-        connection), whose errors are the usual redis-py ones. Reads only: they are safe to repeat.
+        connection), whose errors are the usual redis-py ones; replies already yielded are not yielded
+        again. Reads only: they are safe to repeat. A caller that stops early leaves replies unread:
+        closing the generator disconnects that connection.
         """
         pool = self.client.connection_pool
+        count = len(payloads)
+        done = 0
         if self._lean:
             conn = pool.get_connection()
+            released = False
             try:
                 conn.send_packed_command(payloads, check_health=False)
-                return _read_replies(conn._sock, len(payloads), self._recv_buffer())
+                for reply in _read_replies(conn._sock, count, self._recv_buffer()):
+                    done += 1
+                    if done == count:  # every reply read: the connection goes back before the last one is used
+                        released = True
+                        pool.release(conn)
+                    yield reply
+                return
             except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, _ProtocolError) as exc:
-                conn.disconnect()
                 _log.warning("online read: lean path failed (%s: %s); retrying through redis-py", type(exc).__name__, exc)
-            except BaseException:
-                conn.disconnect()  # replies may be left unread: never reuse this connection
-                raise
             finally:
-                pool.release(conn)
+                if not released:
+                    conn.disconnect()  # replies are left unread: never reuse this connection
+                    pool.release(conn)
 
         def write(conn: Any) -> None:
             conn.send_packed_command(payloads)
 
-        return self._exchange(write, len(payloads), retry=True)
+        yield from self._exchange(write, len(payloads), retry=True)[done:]
 
     def _recv_buffer(self) -> bytearray:
         buf = getattr(self._local, "buf", None)
@@ -714,8 +743,19 @@ class OnlineStore:
         newest = np.full(n, _NAT, dtype=np.int64)
         rings: list[np.ndarray] = []
         ring_rows: np.ndarray | None = None  # the entities with rings, when not all have (the others count nothing)
+        absent = {part: raw.count(None) for part, raw in raws.items()}
+        if n and all(a == n for a in absent.values()):  # no entity has window state (new items, old data)
+            for j, pos in enumerate(r.positions):
+                f = info.features[pos]
+                columns[off + j] = [[] for _ in range(n)] if isinstance(f.default, list) else _default_column(f, n)
+            status[:, off: off + len(r.positions)] = FeatureStatus.NOT_FOUND
+            event_ts[info.view.name] = np.full(n, _NAT, dtype=np.int64).view("datetime64[us]")
+            return
         for (kind, i), raw in raws.items():
-            found = np.fromiter((v is not None for v in raw), dtype=bool, count=n)
+            if absent[(kind, i)] == 0:
+                found = np.ones(n, dtype=bool)
+            else:
+                found = np.fromiter((v is not None for v in raw), dtype=bool, count=n)
             if kind == "rings":
                 if not found.all():  # decode only stored rings: 1,000 absent items were 2.7 MB of zeros to sum
                     ring_rows = np.flatnonzero(found)

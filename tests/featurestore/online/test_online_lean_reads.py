@@ -158,3 +158,46 @@ def test_cluster_clients_never_take_the_lean_path(redis_cluster, unique_prefix: 
         assert res.column("score")[-5:].tolist() == res.column("score")[:5].tolist()
     finally:
         client.close()
+
+
+def test_entities_without_window_state_read_as_when_beside_one_with_state(redis, unique_prefix: str) -> None:
+    """A read in which no entity has window state (the shortcut) equals those rows of a mixed read."""
+    store = OnlineStore(redis, unique_prefix)
+    _write(store, ["1", "2"])  # "2" gets one event (the second entity), "1" none
+    mixed = store.read(ACTIVITY, ["2", "x", "y"], now=T0)
+    assert (mixed.status[0] != FeatureStatus.NOT_FOUND).all()
+    alone = store.read(ACTIVITY, ["x", "y"], now=T0)
+    assert alone.to_rows() == mixed.to_rows()[1:]
+    assert np.array_equal(alone.status, mixed.status[1:])
+    assert (alone.status == FeatureStatus.NOT_FOUND).all()
+    for ref in alone.refs:
+        a, b = alone.column(ref), mixed.column(ref)
+        if isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b[1:], equal_nan=True)
+    assert np.isnat(alone.event_ts["lean_activity"]).all()
+
+
+def test_reads_return_their_connection_and_keep_it_open(redis, unique_prefix: str) -> None:
+    """Replies are streamed to the decoder; the connection still goes back to the pool, connected, every time."""
+    store = OnlineStore(redis, unique_prefix)
+    _write(store, [str(i) for i in range(30)])
+    pool = redis.connection_pool
+    store.read([PROFILE, ACTIVITY], [str(i) for i in range(30)], now=T0)
+    conn = pool._available_connections[-1]
+    sock = conn._sock
+    for _ in range(5):
+        store.read([PROFILE, ACTIVITY], [str(i) for i in range(30)] + ["nope"], now=T0)
+    assert not pool._in_use_connections
+    assert pool._available_connections[-1] is conn and conn._sock is sock  # never dropped and reconnected
+
+
+def test_a_decode_error_drops_the_connection_instead_of_reusing_it(redis, unique_prefix: str) -> None:
+    """A row stored under another layout fails the decode mid-read: the unread replies must not poison the pool."""
+    store = OnlineStore(redis, unique_prefix)
+    _write(store, ["1", "2"])
+    redis.set(store.info(PROFILE).prefix + "1", b"short")  # not a row of this layout
+    with pytest.raises(ValueError):
+        store.read([PROFILE, ACTIVITY], ["1", "2"], now=T0)
+    assert not redis.connection_pool._in_use_connections
+    assert store.read(ACTIVITY, ["1", "2"], now=T0).to_rows() == \
+        OnlineStore(redis, unique_prefix, lean_reads=False).read(ACTIVITY, ["1", "2"], now=T0).to_rows()
