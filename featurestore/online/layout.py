@@ -161,9 +161,7 @@ def arrow_entity_keys(prefix: str, columns: Sequence[pa.Array]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- reads
 
 _PACKED_LENGTHS = 256  # entity ids up to this many characters are packed by `_MgetPacker`; longer: hiredis
-
-
-_DIGITS_ABOVE = np.asarray([10 ** k for k in range(1, 19)], dtype=np.int64)  # a non-negative int64 has 1 + (ones <=) digits
+_POWERS_OF_TEN = np.asarray([10 ** k for k in range(1, 19)], dtype=np.int64)  # v >= 0 has 1 + #(powers <= v) digits
 
 
 class _MgetPacker:
@@ -208,7 +206,7 @@ class _MgetPacker:
             return None
         if arr.min() < 0:
             return None
-        lens = (np.searchsorted(_DIGITS_ABOVE, arr, side="right") + 1).tolist()
+        lens = (np.searchsorted(_POWERS_OF_TEN, arr, side="right") + 1).tolist()
         return self._command(len(ids), lens, ids, "%s%d")
 
 

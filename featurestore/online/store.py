@@ -53,7 +53,6 @@ from featurestore.online.layout import (
     arrow_entity_keys,
     arrow_window_entity_bases,
     batch_through_key,
-    entity_keys,
     key_prefix,
     stream_from_key,
     view_version,
@@ -479,12 +478,6 @@ class OnlineStore:
             raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
         return cols[0] if len(cols) == 1 else list(zip(*cols))
 
-    def _keys(self, info: _ViewInfo, entities: Any) -> list[str]:
-        return entity_keys(info.prefix, self._entity_values(info, entities), len(info.view.join_keys))
-
-    def _window_bases(self, info: _ViewInfo, entities: Any) -> list[str]:
-        return window_entity_bases(info.prefix, self._entity_values(info, entities), len(info.view.join_keys))
-
     def _cache_family(self, info: _ViewInfo, keys: EntityKeys) -> str | None:
         """The cache's name for a view's keys of one kind, or None when the view is not cached."""
         if self.cache is None:
@@ -619,6 +612,7 @@ class OnlineStore:
             for cmd in commands:
                 pipe.execute_command(*cmd)
             return pipe.execute(raise_on_error=False)
+
         def write(conn: Any) -> None:
             # Pack and send a few commands at a time: the server starts on the first ones while the
             # rest are packed (replies are read at the end; Redis buffers them, it never blocks).
