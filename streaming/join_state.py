@@ -1,10 +1,18 @@
 """The joiner's state machine: impressions ⋈ events -> labelled samples, driven by an event-time watermark.
 
 Pure logic, no I/O: :class:`JoinState` is fed raw Kafka values
-(``records_pb2.Impression`` and ``events_pb2.Event``), is told the watermark,
-and hands finished samples to an ``emit`` callback. :mod:`streaming.joiner`
+(``records_pb2.Impression`` and ``events_pb2.Event``) a poll at a time, is
+told the watermark, and hands finished samples over as (key, value) bytes
+(:meth:`JoinState.take_output`, or an ``emit`` callback). :mod:`streaming.joiner`
 wires it to Kafka and Redis. Everything here is deterministic given the inputs,
 so it is unit-tested without servers.
+
+Cost. The joiner does this work for every record it consumes, in Python, so
+the per-record paths are loops over a poll's records with the state in local
+variables: only the fields the join and the sample need are decoded (slim
+message types, strings as bytes), an impression's sample is encoded once on
+arrival by one format over table lookups, and closing windows, emitting and
+marking are one inline loop. Sample ids are UTF-8 bytes.
 
 One entry per join key ``sample_id = "<request_id>:<item_id>"`` in one dict:
 
@@ -46,6 +54,7 @@ when it was removed) and stored by :mod:`streaming.join_checkpoint`;
 from __future__ import annotations
 
 import heapq
+from heapq import heappop, heappush
 from collections import deque
 import struct
 import time
@@ -53,9 +62,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError as _ProtoDecodeError
 
-from proto.cascade.v1.common_pb2 import FeatureSetRef
+from proto.cascade.v1.common_pb2 import FeatureSetRef, ModelVersion
 from proto.cascade.v1.events_pb2 import Event, EventType
 from proto.cascade.v1.records_pb2 import Impression, LabeledSample
 
@@ -66,9 +76,68 @@ from proto.cascade.v1.records_pb2 import Impression, LabeledSample
 # `types` is the distinct event types seen, one byte each, in first-occurrence order.
 OPEN, EARLY, DONE = 0, 1, 2
 _TOMBSTONE = 255
+_END_OF_TIME = 1 << 80  # a watermark past every close time (drain)
 Entry = tuple[int, int, int, int, bytes, bytes]
 
 Emit = Callable[[bytes, bytes, int, int], None]  # (sample value, key (user_id), input partition, label)
+
+
+# ----------------------------------------------------------------------------- slim input messages
+
+_ABSENT = b"\xff"  # the slim model_version's default: absent (or that one invalid byte: HasField tells)
+_MISSING = object()
+_DECODE_ERRORS = (_ProtoDecodeError, RuntimeError)
+
+
+def _slim_types() -> tuple[Any, Any, Any]:
+    """Message types with only the fields the joiner reads of Impression, Event and LabeledSample.
+
+    Why: parsing a slim type skips every other field unparsed (score,
+    experiment, recall channels, properties) and reads strings as bytes --
+    the sample id, the Kafka key and the sample are bytes anyway, so nothing
+    is decoded to str and encoded back. Same numbers and wire types as the
+    real messages (checked here); bytes are not checked for UTF-8 by the
+    parser, so the joiner checks the strings it copies (an ASCII test, else a
+    decode). proto2: presence of model_version through its default.
+    """
+    F = descriptor_pb2.FieldDescriptorProto
+    B, I32, I64, FLT = F.TYPE_BYTES, F.TYPE_INT32, F.TYPE_INT64, F.TYPE_FLOAT
+    layout = {
+        (Impression, "Impression"): [("request_id", B), ("user_id", B), ("item_id", B), ("position", I32),
+                                     ("model_version", B), ("served_feature_id", B), ("timestamp_ms", I64)],
+        (Event, "Event"): [("type", I32), ("item_id", B), ("request_id", B), ("timestamp_ms", I64),
+                           ("received_at_ms", I64)],
+        (LabeledSample, "LabeledSample"): [("sample_id", B), ("label", FLT), ("impression_timestamp_ms", I64)],
+    }
+    wire = {F.TYPE_BYTES: 2, F.TYPE_STRING: 2, F.TYPE_MESSAGE: 2, F.TYPE_INT32: 0, F.TYPE_INT64: 0, F.TYPE_ENUM: 0,
+            F.TYPE_FLOAT: 5}
+    file = descriptor_pb2.FileDescriptorProto(name="cascade/joiner_slim.proto", package="cascade.joiner_slim",
+                                              syntax="proto2")
+    for (real, name), fields_ in layout.items():
+        msg = file.message_type.add(name=name)
+        for fname, ftype in fields_:
+            full = real.DESCRIPTOR.fields_by_name[fname]
+            if wire[full.type] != wire[ftype] or full.is_repeated:
+                raise TypeError(f"{real.DESCRIPTOR.full_name}.{fname} changed its wire type: update _slim_types")
+            field = msg.field.add(name=fname, number=full.number, type=ftype, label=F.LABEL_OPTIONAL)
+            if fname == "model_version":
+                field.default_value = "\\377"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"cascade.joiner_slim.{name}"))
+                 for _, name in layout)  # type: ignore[return-value]
+
+
+_SlimImpression, _SlimEvent, _SlimSample = _slim_types()
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+        return True
+    except UnicodeDecodeError:
+        return False
+
 
 
 def event_type_numbers(names: Iterable[str]) -> frozenset[int]:
@@ -89,9 +158,10 @@ def event_type_numbers(names: Iterable[str]) -> frozenset[int]:
     return frozenset(out)
 
 
-def sample_id(request_id: str, item_id: str) -> str:
-    """The deterministic id of an impression's sample (records.proto: "<request_id>:<item_id>")."""
-    return f"{request_id}:{item_id}"
+def sample_id(request_id: str, item_id: str) -> bytes:
+    """The deterministic id of an impression's sample (records.proto: "<request_id>:<item_id>"), as the state's
+    keys are: UTF-8 bytes."""
+    return f"{request_id}:{item_id}".encode()
 
 
 @dataclass
@@ -135,20 +205,22 @@ class Timeline:
 
     Why not a heap of (time, id): a push and a pop cost ~1.5 us per impression,
     twice (close, then forget); a bucket is a list append. Items are not
-    removed when their entry changes: `time_of(sid)` (None: no longer
-    scheduled) is asked when the bucket comes up, and an item whose time moved
-    to another bucket is dropped there. Exact: nothing is returned before its
-    time; only the order within a bucket is arbitrary.
+    removed when their entry changes: when a bucket comes up, an item whose
+    entry is no longer scheduled, or whose time moved to another bucket, is
+    dropped there. Exact: nothing is taken before its time; only the order
+    within a bucket is arbitrary. :class:`JoinState` takes due buckets with
+    inline loops (``_close_due``, ``_forget_due``), the oldest item with
+    :meth:`pop_first`.
     """
 
     __slots__ = ("ms", "lists", "keys")
 
     def __init__(self, bucket_ms: int = 100) -> None:
         self.ms = bucket_ms
-        self.lists: dict[int, deque[str]] = {}
+        self.lists: dict[int, deque[bytes]] = {}
         self.keys: list[int] = []  # heap of bucket numbers
 
-    def add(self, t: int, sid: str) -> None:
+    def add(self, t: int, sid: bytes) -> None:
         b = t // self.ms
         lst = self.lists.get(b)
         if lst is None:
@@ -161,29 +233,7 @@ class Timeline:
         """Start of the earliest bucket (a lower bound of the next time); a huge number when empty."""
         return self.keys[0] * self.ms if self.keys else 1 << 62
 
-    def pop_due(self, now: int, time_of: Callable[[str], int | None]) -> list[str]:
-        """Every id whose time is <= `now` (an id added twice may come twice)."""
-        out: list[str] = []
-        keys, lists, ms = self.keys, self.lists, self.ms
-        while keys and keys[0] * ms <= now:
-            b = keys[0]
-            keep: deque[str] = deque()
-            for sid in lists[b]:
-                t = time_of(sid)
-                if t is None or t // ms != b:
-                    continue  # stale
-                if t <= now:
-                    out.append(sid)
-                else:
-                    keep.append(sid)
-            if keep:  # the bucket `now` falls in
-                lists[b] = keep
-                break
-            heapq.heappop(keys)
-            del lists[b]
-        return out
-
-    def pop_first(self, time_of: Callable[[str], int | None]) -> str | None:
+    def pop_first(self, time_of: Callable[[bytes], int | None]) -> bytes | None:
         """The oldest id (by bucket, then insertion), removed; None when empty."""
         keys, lists, ms = self.keys, self.lists, self.ms
         while keys:
@@ -199,17 +249,31 @@ class Timeline:
         return None
 
 
+class _Record(tuple):
+    """(value, timestamp): what the one-record entry points hand to the batch loops (a ConsumerRecord's fields)."""
+
+    __slots__ = ()
+    value = property(lambda self: self[0])
+    timestamp = property(lambda self: self[1])
+
+
 class JoinState:
-    """Open impressions, early events and emitted markers, keyed by sample id.
+    """Open impressions, early events and emitted markers, keyed by sample id (UTF-8 bytes).
 
     `emit(value, key, partition, label)` receives each serialized
     ``LabeledSample`` with its Kafka key (user_id) and the input partition of
-    its impression. `feature_set` (name, version) fills
+    its impression, at the end of the call that made it; with `emit` None
+    the samples wait in :attr:`out` for :meth:`take_output` (the joiner takes
+    a poll's worth at a time). `feature_set` (name, version) fills
     ``LabeledSample.features.feature_set``; None leaves it unset.
+
+    Input comes a poll at a time (:meth:`impressions`, :meth:`events`: tight
+    loops over the records, the per-record work kept to what the join needs);
+    :meth:`impression` / :meth:`event` feed one value.
     """
 
     def __init__(self, *, window_ms: int, positive_types: frozenset[int], max_pending: int, max_emitted: int,
-                 retention_ms: int, emit: Emit, feature_set: tuple[str, int] | None = None,
+                 retention_ms: int, emit: Emit | None, feature_set: tuple[str, int] | None = None,
                  clock_ms: Callable[[], int] | None = None, counts: JoinCounts | None = None) -> None:
         if window_ms <= 0:
             raise ValueError("the attribution window must be positive")
@@ -224,57 +288,158 @@ class JoinState:
         self.feature_set = feature_set
         self._feature_set_ref = (FeatureSetRef(name=feature_set[0], version=feature_set[1]).SerializeToString()
                                  if feature_set is not None else b"")
+        self._fs_field = b"\x1a" + _ld(self._feature_set_ref) + self._feature_set_ref if feature_set is not None else b""
+        self._mv_fields: dict[bytes, bytes | None] = {}  # model_version bytes -> its sample field (None: invalid)
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
-        self.entries: dict[str, Entry] = {}
+        self._now_ms = self.clock_ms()  # joined_at_ms of the samples made by the current call
+        self.out: dict[int, list[tuple[bytes, bytes, int]]] = {}
+        self.entries: dict[bytes, Entry] = {}
         self.n_open = 0  # OPEN + EARLY entries
         self.n_done = 0  # DONE entries
         self._closing = Timeline()  # OPEN/EARLY sids by close time (stale items skipped)
         self._forgetting = Timeline()  # DONE sids by forget time
-        self.dirty: set[str] = set()
+        self.dirty: set[bytes] = set()
         self.watermark_ms = -(1 << 62)
         self.floor_ms = -(1 << 62)  # newest window end of a forgotten marker
         self.counts = counts if counts is not None else JoinCounts()  # shared across recoveries by the joiner
-        self.recovered: set[str] = set()  # ids found in the output tail at recovery (to count replays apart)
+        self.recovered: set[bytes] = set()  # ids found in the output tail at recovery (to count replays apart)
 
     # ------------------------------------------------------------------ input
     def impression(self, value: bytes, partition: int, record_ts: int = 0) -> int:
         """Feed one impressions-topic value; returns its event time (ms), or -1 if it was skipped as invalid."""
+        return self.impressions((_Record((value, record_ts)),), partition)
+
+    def event(self, value: bytes, record_ts: int = 0) -> int:
+        """Feed one events-topic value; returns its time for the watermark (ms), or -1 if it was skipped."""
+        return self.events((_Record((value, record_ts)),))
+
+    def impressions(self, records: Iterable[Any], partition: int) -> int:
+        """Feed impressions-topic records (``.value``, ``.timestamp``: Kafka ConsumerRecords) of one input partition.
+
+        Returns the newest event time among the valid ones (-1: none). Only the
+        fields the sample is made of are decoded (a slim message type: the rest
+        of the record is skipped unparsed), and the sample's fixed part is
+        encoded here, once, in the common case by one format over table
+        lookups (see :func:`encode_payload` for the general case).
+        """
         c = self.counts
-        c.impressions += 1
-        try:
-            imp = Impression.FromString(value)
-        except (_ProtoDecodeError, RuntimeError):
-            c.invalid += 1
-            return -1
-        req, item, user = imp.request_id, imp.item_id, imp.user_id
-        if not req or not item or not user or len(user) > 16_000:  # ids are 1-128 bytes (common.proto)
-            c.invalid += 1
-            return -1
-        ts = imp.timestamp_ms or record_ts
-        sid = f"{req}:{item}"
-        close = ts + self.window_ms
+        self._now_ms = self.clock_ms()
         entries = self.entries
-        e = entries.get(sid)
-        if e is None:
-            if close <= self.floor_ms:
-                c.expired_impressions += 1
-                return ts
-            entries[sid] = (OPEN, close, partition, ts, b"", self._payload(sid, imp, ts))
-            self.n_open += 1
-            self._closing.add(close, sid)
-            self.dirty.add(sid)
-            if self.n_open > self.max_pending:
+        get = entries.get
+        parse = _SlimImpression.FromString
+        window = self.window_ms
+        floor = self.floor_ms
+        dirty_add = self.dirty.add
+        closing = self._closing
+        closing_lists, closing_keys, bucket_ms = closing.lists, closing.keys, closing.ms
+        last_b, last_list = None, None
+        mv_fields = self._mv_fields
+        fs = self._fs_field
+        features_base = 4 + len(fs)  # features = {1: sf, 2: item, 3: feature set}: 4 bytes of tags + lengths
+        L, KL, P, LO = _LEN, _KEY_LEN_B, _POSITION, _LOW14
+        hi_last, hi_bytes = -1, b""
+        max_pending = self.max_pending
+        n_open = self.n_open
+        newest = -1
+        n = invalid = expired = 0
+        for rec in records:
+            n += 1
+            try:
+                m = parse(rec.value)
+            except _DECODE_ERRORS:
+                invalid += 1
+                continue
+            req, item, user = m.request_id, m.item_id, m.user_id
+            if not req or not item or not user or len(user) > 16_000:  # ids are 1-128 bytes (common.proto)
+                invalid += 1
+                continue
+            ts = m.timestamp_ms or rec.timestamp
+            sid = req + b":" + item
+            close = ts + window
+            e = get(sid)
+            if e is not None:
+                self.n_open = n_open
+                if self._impression_again(sid, e, m, ts, close, partition):
+                    if ts > newest:
+                        newest = ts
+                else:
+                    invalid += 1
+                n_open = self.n_open
+                continue
+            if close <= floor:
+                expired += 1
+                if ts > newest:
+                    newest = ts
+                continue
+            # the payload (see _payload): key + the sample's fixed fields, time last; the general case apart
+            sf = m.served_feature_id
+            mvf = mv_fields.get(m.model_version, _MISSING)
+            lu, li, lf = len(user), len(item), len(sf)
+            payload = None
+            if (mvf is not _MISSING and ts >= 16384 and lu < 128 and li < 128 and lf < 128
+                    and sid.isascii() and user.isascii() and sf.isascii()):
+                hi = ts >> 14  # the time's varint: the low 14 bits from a table, the rest changes every 16 s
+                if hi != hi_last:
+                    hi_last, hi_bytes = hi, _uvarint(hi)
+                try:
+                    if lf:
+                        payload = b"%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x4a%b\x0a%b%b\x12%b%b%b%b%b\x38%b%b" % (
+                            KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user, L[li], item,
+                            L[lf + li + features_base], L[lf], sf, L[li], item, fs, P[m.position], mvf,
+                            LO[ts & 16383], hi_bytes)
+                    else:
+                        payload = b"%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b%b%b\x38%b%b" % (
+                            KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user, L[li], item,
+                            P[m.position], mvf, LO[ts & 16383], hi_bytes)
+                except (IndexError, KeyError, TypeError):  # beyond the tables; a model version that did not decode
+                    payload = None
+            if payload is None:
+                payload = self._payload(sid, m, ts)
+                if payload is None:
+                    invalid += 1
+                    continue
+            entries[sid] = (OPEN, close, partition, ts, b"", payload)
+            b = close // bucket_ms  # self._closing.add(close, sid), inline
+            if b == last_b:
+                last_list.append(sid)
+            else:
+                last_list = closing_lists.get(b)
+                if last_list is None:
+                    last_list = closing_lists[b] = deque()
+                    heappush(closing_keys, b)
+                last_list.append(sid)
+                last_b = b
+            dirty_add(sid)
+            if ts > newest:
+                newest = ts
+            n_open += 1
+            if n_open > max_pending:
+                self.n_open = n_open
                 self._overflow()
-            return ts
+                n_open = self.n_open
+                last_b = None  # the overflow may have emptied (and dropped) the cached bucket
+        self.n_open = n_open
+        c.impressions += n
+        c.invalid += invalid
+        c.expired_impressions += expired
+        self._deliver()
+        return newest
+
+    def _impression_again(self, sid: bytes, e: Entry, m: Any, ts: int, close: int, partition: int) -> bool:
+        """An impression whose sid has an entry: joins early events, or is a duplicate / replay. False: invalid."""
+        c = self.counts
         kind = e[0]
         if kind == EARLY:
+            payload = self._payload(sid, m, ts)
+            if payload is None:
+                return False
             pos_ms = e[2]
             if pos_ms >= 0 and pos_ms <= close:
-                self._emit_sample(sid, self._payload(sid, imp, ts), partition, ts, 1, e[4], e[3])
+                self._emit_sample(sid, payload, partition, ts, 1, e[4], e[3])
             else:
                 if pos_ms >= 0:
                     c.late_clicks += 1
-                entries[sid] = (OPEN, close, partition, ts, e[4], self._payload(sid, imp, ts))
+                self.entries[sid] = (OPEN, close, partition, ts, e[4], payload)
                 self._closing.add(close, sid)
                 self.dirty.add(sid)
         elif kind == DONE and sid in self.recovered:
@@ -282,78 +447,96 @@ class JoinState:
             c.replayed += 1
         else:
             c.duplicate_impressions += 1
-        return ts
+        return True
 
-    def event(self, value: bytes, record_ts: int = 0) -> int:
-        """Feed one events-topic value; returns its time for the watermark (ms), or -1 if it was skipped."""
+    def events(self, records: Iterable[Any]) -> int:
+        """Feed events-topic records (``.value``, ``.timestamp``); returns the newest time for the watermark (-1: none)."""
         c = self.counts
-        c.events += 1
-        try:
-            ev = Event.FromString(value)
-        except (_ProtoDecodeError, RuntimeError):
-            c.invalid += 1
-            return -1
-        ts = ev.received_at_ms or ev.timestamp_ms or record_ts  # server time: progress
-        cts = ev.timestamp_ms or ts  # when it happened: attribution
-        req, item = ev.request_id, ev.item_id
-        if not req:
-            c.no_request_id += 1
-            return ts
-        etype = ev.type
-        if not item or etype == 0:
-            c.invalid += 1
-            return ts
-        sid = f"{req}:{item}"
-        positive = etype in self.positive
+        self._now_ms = self.clock_ms()
+        parse = _SlimEvent.FromString
         entries = self.entries
-        e = entries.get(sid)
-        if e is None:
-            close = ts + self.window_ms
-            entries[sid] = (EARLY, close, cts if positive else -1, ev.timestamp_ms if positive else 0, bytes((etype,)), b"")
-            self.n_open += 1
-            self._closing.add(close, sid)
-            self.dirty.add(sid)
-            if self.n_open > self.max_pending:
-                self._overflow()
-            return ts
-        kind = e[0]
-        if kind == OPEN:
-            if cts > e[1]:  # after the impression's window: not attributed
-                if positive:
-                    c.late_clicks += 1
-                return ts
-            types = e[4] if etype in e[4] else e[4] + bytes((etype,))
-            if positive:
-                self._emit_sample(sid, e[5], e[2], e[3], 1, types, ev.timestamp_ms)
-            elif types is not e[4]:
-                entries[sid] = (OPEN, e[1], e[2], e[3], types, e[5])
-                self.dirty.add(sid)
-        elif kind == EARLY:
-            types = e[4] if etype in e[4] else e[4] + bytes((etype,))
-            close = max(e[1], ts + self.window_ms)
-            if positive and e[2] >= 0:
-                c.duplicate_clicks += 1
-                if types is e[4] and close == e[1]:
-                    return ts
-                entries[sid] = (EARLY, close, e[2], e[3], types, b"")
-            elif positive:
-                entries[sid] = (EARLY, close, cts, ev.timestamp_ms, types, b"")
-            elif types is e[4] and close == e[1]:
-                return ts
-            else:
-                entries[sid] = (EARLY, close, e[2], e[3], types, b"")
-            if close != e[1]:
+        get = entries.get
+        positive_types = self.positive
+        window = self.window_ms
+        newest = -1
+        n = invalid = no_request = 0
+        for rec in records:
+            n += 1
+            try:
+                m = parse(rec.value)
+            except _DECODE_ERRORS:
+                invalid += 1
+                continue
+            req, item = m.request_id, m.item_id
+            sid = req + b":" + item
+            if not sid.isascii() and not _utf8(sid):
+                invalid += 1
+                continue
+            client_ms = m.timestamp_ms
+            ts = m.received_at_ms or client_ms or rec.timestamp  # server time: progress
+            if ts > newest:
+                newest = ts
+            if not req:
+                no_request += 1
+                continue
+            etype = m.type
+            if not item or not 0 < etype < 256:
+                invalid += 1
+                continue
+            cts = client_ms or ts  # when it happened: attribution
+            positive = etype in positive_types
+            e = get(sid)
+            if e is None:
+                close = ts + window
+                entries[sid] = (EARLY, close, cts if positive else -1, client_ms if positive else 0, bytes((etype,)), b"")
+                self.n_open += 1
                 self._closing.add(close, sid)
-            self.dirty.add(sid)
-        else:  # DONE
-            if positive:
-                if e[2]:
+                self.dirty.add(sid)
+                if self.n_open > self.max_pending:
+                    self._overflow()
+                continue
+            kind = e[0]
+            if kind == OPEN:
+                if cts > e[1]:  # after the impression's window: not attributed
+                    if positive:
+                        c.late_clicks += 1
+                    continue
+                types = e[4] if etype in e[4] else e[4] + bytes((etype,))
+                if positive:
+                    self._emit_sample(sid, e[5], e[2], e[3], 1, types, client_ms)
+                elif types is not e[4]:
+                    entries[sid] = (OPEN, e[1], e[2], e[3], types, e[5])
+                    self.dirty.add(sid)
+            elif kind == EARLY:
+                types = e[4] if etype in e[4] else e[4] + bytes((etype,))
+                close = max(e[1], ts + window)
+                if positive and e[2] >= 0:
                     c.duplicate_clicks += 1
+                    if types is e[4] and close == e[1]:
+                        continue
+                    entries[sid] = (EARLY, close, e[2], e[3], types, b"")
+                elif positive:
+                    entries[sid] = (EARLY, close, cts, client_ms, types, b"")
+                elif types is e[4] and close == e[1]:
+                    continue
                 else:
-                    c.late_clicks += 1
-            else:
-                c.events_after_close += 1
-        return ts
+                    entries[sid] = (EARLY, close, e[2], e[3], types, b"")
+                if close != e[1]:
+                    self._closing.add(close, sid)
+                self.dirty.add(sid)
+            else:  # DONE
+                if positive:
+                    if e[2]:
+                        c.duplicate_clicks += 1
+                    else:
+                        c.late_clicks += 1
+                else:
+                    c.events_after_close += 1
+        c.events += n
+        c.invalid += invalid
+        c.no_request_id += no_request
+        self._deliver()
+        return newest
 
     # ------------------------------------------------------------------ time
     def advance(self, watermark_ms: int) -> None:
@@ -361,32 +544,152 @@ class JoinState:
         if watermark_ms > self.watermark_ms:
             self.watermark_ms = watermark_ms
         wm = self.watermark_ms
+        self._now_ms = self.clock_ms()
         if self._closing.next_time() <= wm:
-            for sid in self._closing.pop_due(wm, self._close_time):
-                self._close(sid, "watermark")
+            self._close_due(wm, "watermark")
         if self._forgetting.next_time() <= wm:
-            forgotten = 0
-            for sid in self._forgetting.pop_due(wm, self._forget_time):
-                forgotten += self._forget(sid)
-            self.counts.forgotten += forgotten
+            self._forget_due(wm)
+        self._deliver()
 
     def drain(self) -> None:
         """End of input: close every open impression as a negative and drop every early event as an orphan."""
-        while True:
-            sid = self._closing.pop_first(self._close_time)
-            if sid is None:
-                return
-            self._close(sid, "drain")
+        self._now_ms = self.clock_ms()
+        self._close_due(_END_OF_TIME, "drain")
+        self._deliver()
 
-    def _close_time(self, sid: str) -> int | None:
+    def _close_due(self, wm: int, cause: str) -> None:
+        """Close every OPEN/EARLY entry whose close time is <= `wm`: `_closing.pop_due` and `_close` for each,
+        inline for the common case (an open impression becomes a negative sample and a marker)."""
+        tl = self._closing
+        keys, lists, ms = tl.keys, tl.lists, tl.ms
+        entries = self.entries
+        get = entries.get
+        outs = self.out
+        tail = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""  # joined_at_ms (12): the only label field
+        window, retention = self.window_ms, self.retention_ms
+        dirty_add = self.dirty.add
+        forgetting = self._forgetting
+        f_lists, f_keys, f_ms = forgetting.lists, forgetting.keys, forgetting.ms
+        last_fb, last_fl = None, None
+        last_p, out = None, None
+        max_emitted = self.max_emitted
+        n_open, n_done = self.n_open, self.n_done
+        closed = 0
+        while keys and keys[0] * ms <= wm:
+            b = keys[0]
+            keep = None
+            for sid in lists[b]:
+                e = get(sid)
+                if e is None:
+                    continue
+                kind = e[0]
+                t = e[1]
+                if kind == DONE or t // ms != b:
+                    continue  # stale: closed already, or its close time moved to a later bucket
+                if t > wm:
+                    if keep is None:
+                        keep = deque()
+                    keep.append(sid)
+                    continue
+                if kind == EARLY:
+                    self.n_open = n_open
+                    self._close(sid, cause)
+                    n_open = self.n_open
+                    continue
+                payload = e[5]
+                k = payload[0] | payload[1] << 8
+                p = e[2]
+                if p != last_p:
+                    out = outs.get(p)
+                    if out is None:
+                        out = outs[p] = []
+                    last_p = p
+                out.append((payload[2:2 + k], payload[2 + k:] + tail, 0))
+                end = e[3] + window
+                forget = end + retention
+                entries[sid] = (DONE, forget, 0, end, b"", b"")  # mark_emitted, inline
+                dirty_add(sid)
+                fb = forget // f_ms  # self._forgetting.add(forget, sid), inline
+                if fb == last_fb:
+                    last_fl.append(sid)
+                else:
+                    last_fl = f_lists.get(fb)
+                    if last_fl is None:
+                        last_fl = f_lists[fb] = deque()
+                        heappush(f_keys, fb)
+                    last_fl.append(sid)
+                    last_fb = fb
+                closed += 1
+                n_open -= 1
+                n_done += 1
+                if n_done > max_emitted:
+                    self.n_open, self.n_done = n_open, n_done
+                    self._evict_markers()
+                    n_open, n_done = self.n_open, self.n_done
+                    last_fb = None  # eviction may have emptied (and dropped) the cached bucket
+            if keep:  # the bucket `wm` falls in
+                lists[b] = keep
+                break
+            heappop(keys)
+            del lists[b]
+        self.n_open, self.n_done = n_open, n_done
+        c = self.counts
+        c.negatives += closed
+        if cause == "watermark":
+            c.closed_watermark += closed
+        else:
+            c.closed_drain += closed
+
+    def _forget_due(self, wm: int) -> None:
+        """Forget every marker whose forget time is <= `wm` (`_forgetting.pop_due` and `_forget`, inline)."""
+        tl = self._forgetting
+        keys, lists, ms = tl.keys, tl.lists, tl.ms
+        entries = self.entries
+        get = entries.get
+        dirty_add = self.dirty.add
+        recovered = self.recovered
+        floor = self.floor_ms
+        n = 0
+        while keys and keys[0] * ms <= wm:
+            b = keys[0]
+            keep = None
+            for sid in lists[b]:
+                e = get(sid)
+                if e is None or e[0] != DONE:
+                    continue
+                t = e[1]
+                if t // ms != b:
+                    continue
+                if t > wm:
+                    if keep is None:
+                        keep = deque()
+                    keep.append(sid)
+                    continue
+                del entries[sid]
+                dirty_add(sid)
+                n += 1
+                if e[3] > floor:
+                    floor = e[3]
+                if recovered:
+                    recovered.discard(sid)
+            if keep:
+                lists[b] = keep
+                break
+            heappop(keys)
+            del lists[b]
+        self.n_done -= n
+        self.floor_ms = floor
+        self.counts.forgotten += n
+
+    def _close_time(self, sid: bytes) -> int | None:
         e = self.entries.get(sid)
         return None if e is None or e[0] == DONE else e[1]
 
-    def _forget_time(self, sid: str) -> int | None:
+    def _forget_time(self, sid: bytes) -> int | None:
         e = self.entries.get(sid)
         return e[1] if e is not None and e[0] == DONE else None
 
-    def _close(self, sid: str, cause: str) -> bool:
+    def _close(self, sid: bytes, cause: str) -> bool:
         e = self.entries.get(sid)
         if e is None or e[0] == DONE:
             return False  # already closed (a sid listed twice)
@@ -418,7 +721,7 @@ class JoinState:
                 return
             self._close(sid, "overflow")
 
-    def _forget(self, sid: str) -> bool:
+    def _forget(self, sid: bytes) -> bool:
         e = self.entries.get(sid)
         if e is None or e[0] != DONE:
             return False
@@ -431,29 +734,69 @@ class JoinState:
         return True
 
     # ------------------------------------------------------------------ output
-    def _payload(self, sid: str, imp: Impression, imp_ms: int) -> bytes:
+    def _payload(self, sid: bytes, m: Any, ts: int) -> bytes | None:
         """What an open impression keeps: its Kafka key (user id, length-prefixed) and the sample's fixed fields.
 
-        Encoded once, when the impression arrives (it is parsed then anyway):
-        closing it only appends the label fields, and the checkpoint stores
-        this rather than the whole impression (no score, experiment, recall
-        channels: ~40 % smaller).
+        Encoded once, when the impression arrives: closing it only appends the
+        label fields, and the checkpoint stores this rather than the whole
+        impression (no score, experiment, recall channels). The general case
+        of the loop in :meth:`impressions` (long ids, odd positions, non-ASCII
+        text); None if a string is not UTF-8 or the model version does not
+        decode -- what parsing the full ``Impression`` would have refused.
         """
-        key = imp.user_id.encode()
-        return _KEY_LEN.pack(len(key)) + key + encode_body(sid, imp, imp_ms, self._feature_set_ref)
+        user, sf = m.user_id, m.served_feature_id
+        mvf = self._mv_fields.get(m.model_version, _MISSING)
+        if mvf is _MISSING:
+            mvf = self._mv_field(m)
+        if mvf is None or not all(s.isascii() or _utf8(s) for s in (sid, user, sf)):
+            return None
+        mv = m.model_version if mvf else None
+        return encode_payload(sid, m.request_id, user, m.item_id, sf, m.position, mv, ts, self._feature_set_ref)
 
-    def _emit_sample(self, sid: str, payload: bytes, partition: int, imp_ms: int, label: int, types: bytes,
+    def _mv_field(self, m: Any) -> bytes | None:
+        """The sample's model_version field for `m`'s (remembered per distinct value: a handful of models serve);
+        b"" when absent, None when it does not decode."""
+        mv = m.model_version
+        if mv == _ABSENT and not m.HasField("model_version"):
+            return b""
+        try:
+            ModelVersion.FromString(mv)  # what the full parse would check: structure and UTF-8
+            field = b"\x5a" + _ld(mv) + mv
+        except _DECODE_ERRORS:
+            field = None
+        cache = self._mv_fields
+        if len(cache) >= 1024:
+            cache.clear()
+        cache[mv] = field
+        return field
+
+    def _emit_sample(self, sid: bytes, payload: bytes, partition: int, imp_ms: int, label: int, types: bytes,
                      click_ms: int) -> None:
         n = payload[0] | payload[1] << 8
-        value = payload[2 + n:] + sample_tail(label, types, click_ms, self.clock_ms())
-        self.emit(value, payload[2:2 + n], partition, label)
+        value = payload[2 + n:] + sample_tail(label, types, click_ms, self._now_ms)
+        out = self.out.get(partition)
+        if out is None:
+            out = self.out[partition] = []
+        out.append((payload[2:2 + n], value, label))
         self.mark_emitted(sid, imp_ms + self.window_ms, label)
         if label:
             self.counts.positives += 1
         else:
             self.counts.negatives += 1
 
-    def mark_emitted(self, sid: str, window_end_ms: int, label: int) -> bool:
+    def take_output(self) -> dict[int, list[tuple[bytes, bytes, int]]]:
+        """The samples made since the last call: input partition -> [(key, value, label)] (with `emit` None)."""
+        out, self.out = self.out, {}
+        return out
+
+    def _deliver(self) -> None:
+        if self.emit is not None and self.out:
+            emit = self.emit
+            for partition, items in self.take_output().items():
+                for key, value, label in items:
+                    emit(value, key, partition, label)
+
+    def mark_emitted(self, sid: bytes, window_end_ms: int, label: int) -> bool:
         """Record that `sid`'s sample is in the output (also used at recovery for samples found in the topic).
 
         Returns False if it was already marked.
@@ -481,17 +824,17 @@ class JoinState:
                 self.counts.evicted_markers += 1
 
     # ------------------------------------------------------------------ persistence
-    def take_delta(self) -> list[tuple[str, Entry | None]]:
+    def take_delta(self) -> list[tuple[bytes, Entry | None]]:
         """The final value of every key touched since the last call (None: removed); clears the dirty set."""
         entries = self.entries
         out = [(sid, entries.get(sid)) for sid in self.dirty]
         self.dirty = set()
         return out
 
-    def snapshot(self) -> Iterator[tuple[str, Entry]]:
+    def snapshot(self) -> Iterator[tuple[bytes, Entry]]:
         return iter(self.entries.items())
 
-    def load(self, items: Iterable[tuple[str, Entry | None]]) -> None:
+    def load(self, items: Iterable[tuple[bytes, Entry | None]]) -> None:
         """Apply stored (sid, entry-or-None) pairs in order (snapshot, then deltas); rebuilds counts and timelines."""
         entries = self.entries
         for sid, e in items:
@@ -535,6 +878,9 @@ def _uvarint(n: int) -> bytes:
 
 _LEN = [_uvarint(i) for i in range(1 << 14)]  # varints of lengths / small values: one lookup
 _KEY_LEN = struct.Struct("<H")
+_KEY_LEN_B = [_KEY_LEN.pack(i) for i in range(16_001)]  # user ids are at most 16,000 bytes (checked)
+_POSITION = {0: b""} | {i: b"\x50" + _LEN[i] for i in range(1, 1 << 14)}  # LabeledSample.position (10) fields
+_LOW14 = [bytes((i & 127 | 128, i >> 7 | 128)) for i in range(1 << 14)]  # a time's first two varint bytes
 
 
 def _time_varint(ms: int) -> bytes:
@@ -550,55 +896,38 @@ def _ld(data: bytes) -> bytes:
     return _LEN[n] if n < 16384 else _uvarint(n)
 
 
-def encode_body(sid: str, imp: Impression, imp_ms: int, feature_set: bytes = b"") -> bytes:
-    """The fields of an impression's ``LabeledSample`` that do not depend on the label, as protobuf wire bytes.
+def encode_payload(sid: bytes, request_id: bytes, user_id: bytes, item_id: bytes, served_feature_id: bytes,
+                   position: int, model_version: bytes | None, imp_ms: int, feature_set: bytes = b"") -> bytes:
+    """An open impression's payload: the Kafka key (user id after a 2-byte length) and the fields of its
+    ``LabeledSample`` that do not depend on the label, as protobuf wire bytes.
 
-    sample_id, request_id, user_id, item_id (1-4), impression_timestamp_ms (7),
-    features (9), position (10), model_version (11), in field order, as
-    protobuf writes them. `feature_set` is a serialized ``FeatureSetRef``
-    (empty: unset). Why by hand: the joiner encodes one per impression, and
-    one bytes format over table lookups costs ~2 us where building the message
-    with the protobuf API and serializing it costs ~3 (the tests compare the
-    two on random impressions, edge cases included).
+    sample_id, request_id, user_id, item_id (1-4), features (9), position
+    (10), model_version (11; serialized, None: unset), impression_timestamp_ms
+    (7, last: protobuf reads fields in any order). `feature_set` is a
+    serialized ``FeatureSetRef`` (empty: unset). The general form of the
+    table-driven loop in :meth:`JoinState.impressions`, which makes the same
+    bytes (the tests compare both with the protobuf API).
     """
-    L = _LEN
-    s = sid.encode()
-    r = imp.request_id.encode()
-    u = imp.user_id.encode()
-    it = imp.item_id.encode()
-    sf = imp.served_feature_id.encode()
-    pos = imp.position
-    if sf and 1 << 35 <= imp_ms < 1 << 42 and 0 <= pos < 16384 and imp.HasField("model_version"):
-        try:  # the common case: every length and the position below 16384 (one-lookup varints)
-            inner = b"\x0a%b%b\x12%b%b" % (L[len(sf)], sf, L[len(it)], it)
-            if feature_set:
-                inner += b"\x1a%b%b" % (L[len(feature_set)], feature_set)
-            mv = imp.model_version.SerializeToString()
-            ms = imp_ms
-            head = b"\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x38%b\x4a%b%b" % (
-                L[len(s)], s, L[len(r)], r, L[len(u)], u, L[len(it)], it,
-                bytes((ms & 127 | 128, ms >> 7 & 127 | 128, ms >> 14 & 127 | 128, ms >> 21 & 127 | 128,
-                       ms >> 28 & 127 | 128, ms >> 35)),
-                L[len(inner)], inner)
-            if pos:
-                return head + b"\x50%b\x5a%b%b" % (L[pos], L[len(mv)], mv)
-            return head + b"\x5a%b%b" % (L[len(mv)], mv)
-        except IndexError:
-            pass
-    out = b"\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b" % (_ld(s), s, _ld(r), r, _ld(u), u, _ld(it), it)
-    if imp_ms:
-        out += b"\x38" + _time_varint(imp_ms)
-    if sf:
-        inner = b"\x0a%b%b\x12%b%b" % (_ld(sf), sf, _ld(it), it)
+    out = [_KEY_LEN.pack(len(user_id)), user_id, b"\x0a", _ld(sid), sid, b"\x12", _ld(request_id), request_id,
+           b"\x1a", _ld(user_id), user_id, b"\x22", _ld(item_id), item_id]
+    if served_feature_id:
+        inner = b"\x0a%b%b\x12%b%b" % (_ld(served_feature_id), served_feature_id, _ld(item_id), item_id)
         if feature_set:
             inner += b"\x1a%b%b" % (_ld(feature_set), feature_set)
-        out += b"\x4a%b%b" % (_ld(inner), inner)
-    if pos:
-        out += b"\x50" + (L[pos] if 0 < pos < 16384 else _uvarint(pos))
-    if imp.HasField("model_version"):
-        mv = imp.model_version.SerializeToString()
-        out += b"\x5a%b%b" % (_ld(mv), mv)
-    return out
+        out += (b"\x4a", _ld(inner), inner)
+    if position:
+        out += (b"\x50", _uvarint(position))
+    if model_version is not None:
+        out += (b"\x5a", _ld(model_version), model_version)
+    if imp_ms:
+        out += (b"\x38", _uvarint(imp_ms))
+    return b"".join(out)
+
+
+def payload_parts(payload: bytes) -> tuple[bytes, bytes]:
+    """(Kafka key, sample body) of a payload."""
+    n = payload[0] | payload[1] << 8
+    return payload[2:2 + n], payload[2 + n:]
 
 
 _POSITIVE = b"\x2d\x00\x00\x80\x3f"  # label (5) = 1.0f
@@ -619,13 +948,7 @@ def sample_tail(label: int, types: bytes, click_ms: int, joined_ms: int) -> byte
     return out + b"\x40" + _time_varint(click_ms) + joined  # click: optional, present for positives even when 0
 
 
-def encode_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
-                  feature_set: bytes = b"") -> bytes:
-    """The serialized ``LabeledSample`` of an impression: :func:`encode_body` + :func:`sample_tail`."""
-    return encode_body(sid, imp, imp_ms, feature_set) + sample_tail(label, types, click_ms, joined_ms)
-
-
-def build_sample(sid: str, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
+def build_sample(sid: bytes, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
                  feature_set: bytes = b"") -> LabeledSample:
     """The same sample through the protobuf API: the reference :func:`encode_sample` is tested against."""
     s = LabeledSample(sample_id=sid, request_id=imp.request_id, user_id=imp.user_id, item_id=imp.item_id,
@@ -719,13 +1042,13 @@ class Watermark:
 _HEAD = struct.Struct("<BqqqHHI")  # kind, a, b, c, len(sid), len(types), len(payload)
 
 
-def encode_entries(items: Iterable[tuple[str, Entry | None]]) -> bytes:
+def encode_entries(items: Iterable[tuple[bytes, Entry | None]]) -> bytes:
     """(sid, entry-or-None) pairs -> one blob (a None entry is a tombstone)."""
     pack = _HEAD.pack
     parts: list[bytes] = []
     append = parts.append
     for sid, e in items:
-        key = sid.encode()
+        key = sid
         if e is None:
             append(pack(_TOMBSTONE, 0, 0, 0, len(key), 0, 0))
             append(key)
@@ -740,7 +1063,7 @@ def encode_entries(items: Iterable[tuple[str, Entry | None]]) -> bytes:
     return b"".join(parts)
 
 
-def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[str, Entry | None]]:
+def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[bytes, Entry | None]]:
     """Inverse of :func:`encode_entries`; ValueError on a truncated blob."""
     mv = memoryview(blob)
     unpack = _HEAD.unpack_from
@@ -754,7 +1077,7 @@ def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[str, Entry | None
         stop = pos + nk + nt + npl
         if stop > end:
             raise ValueError("truncated checkpoint entry")
-        sid = bytes(mv[pos:pos + nk]).decode()
+        sid = bytes(mv[pos:pos + nk])
         pos += nk
         if kind == _TOMBSTONE:
             yield sid, None
@@ -768,10 +1091,10 @@ def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[str, Entry | None
         yield sid, (kind, a, b, c, types, payload)
 
 
-def parse_sample_id(value: bytes) -> tuple[str, int, int] | None:
+def parse_sample_id(value: bytes) -> tuple[bytes, int, int] | None:
     """A samples-topic value -> (sample_id, impression time, label), or None if it is not a LabeledSample."""
     try:
-        s = LabeledSample.FromString(value)
+        s = _SlimSample.FromString(value)
     except (_ProtoDecodeError, RuntimeError):
         return None
     if not s.sample_id:
@@ -780,5 +1103,5 @@ def parse_sample_id(value: bytes) -> tuple[str, int, int] | None:
 
 
 __all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
-           "build_sample", "encode_body", "encode_sample", "event_type_numbers", "parse_sample_id",
+           "build_sample", "encode_payload", "event_type_numbers", "parse_sample_id", "payload_parts",
            "sample_id", "sample_tail"]

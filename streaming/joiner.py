@@ -242,10 +242,14 @@ class Joiner:
         s = self.config.streaming
         return JoinState(window_ms=self.window_ms, positive_types=self.positive, max_pending=s.joiner_max_pending,
                          max_emitted=s.joiner_max_emitted, retention_ms=int(s.joiner_dedup_retention_s * 1000),
-                         emit=self._emit, feature_set=self.feature_set, clock_ms=self.clock_ms, counts=self.counts)
+                         emit=None, feature_set=self.feature_set, clock_ms=self.clock_ms, counts=self.counts)
 
-    def _emit(self, value: bytes, key: bytes, partition: int, label: int) -> None:
-        self.writer.write(value, key, self.out_partition.get(partition))  # type: ignore[union-attr]
+    def _write_output(self) -> None:
+        """The samples the state made, to the writer (a poll's worth at a time)."""
+        if self.state.out:
+            write, where = self.writer.write_many, self.out_partition  # type: ignore[union-attr]
+            for partition, items in self.state.take_output().items():
+                write(items, where.get(partition))
 
     def start(self) -> None:
         """Connect, take over the group (epoch) and recover from the checkpoint. `run` calls it."""
@@ -426,20 +430,10 @@ class Joiner:
             if not records:
                 continue
             n += len(records)
-            newest = -1
             if tp.topic == imp_topic:
-                feed = state.impression
-                part = tp.partition
-                for rec in records:
-                    t = feed(rec.value, part, rec.timestamp)
-                    if t > newest:
-                        newest = t
+                newest = state.impressions(records, tp.partition)
             else:
-                feed_ev = state.event
-                for rec in records:
-                    t = feed_ev(rec.value, rec.timestamp)
-                    if t > newest:
-                        newest = t
+                newest = state.events(records)
             if newest >= 0:
                 wm.observe(tp, newest)
             self.positions[tp] = records[-1].offset + 1
@@ -447,6 +441,7 @@ class Joiner:
         self.stats_total.records += n
         caught = self._caught_up_set()
         state.advance(wm.update(self.input_tps, caught, time.monotonic()))
+        self._write_output()
         self.writer.poll()  # type: ignore[union-attr]
         self._publish()
         return n
@@ -492,6 +487,7 @@ class Joiner:
         """Flush the output, then commit state changes + input offsets + output end offsets atomically."""
         t0 = time.perf_counter()
         assert self.writer is not None and self.tail is not None
+        self._write_output()  # e.g. what drain() closed
         self.writer.flush()  # SampleWriteError -> recovery
         out = self.tail.end_offsets()
         delta = encode_entries(self.state.take_delta())

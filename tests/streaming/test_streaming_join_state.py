@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proto.cascade.v1.common_pb2 import ChannelScore, ExperimentAssignment, ModelVersion
+from proto.cascade.v1.common_pb2 import ChannelScore, ExperimentAssignment, FeatureSetRef, ModelVersion
 from proto.cascade.v1.events_pb2 import Event
 from proto.cascade.v1.records_pb2 import Impression, LabeledSample
 from streaming.dedup import SampleDeduper
@@ -90,14 +90,14 @@ def test_click_before_impression() -> None:
     st = make(out)
     st.event(ev("r2", "x", T0 + 300, type=LIKE))
     st.event(ev("r2", "x", T0 + 400))
-    assert st.entries["r2:x"][0] == EARLY and not out.samples
+    assert st.entries[b"r2:x"][0] == EARLY and not out.samples
     st.impression(imp("r2", "x", T0), partition=0)
     assert out.labels() == {"r2:x": 1}
     assert list(out.samples[0][0].event_types) == [LIKE, CLICK]
     # an early non-positive event becomes part of the open impression
     st.event(ev("r3", "y", T0 + 10, type=DWELL))
     st.impression(imp("r3", "y", T0), partition=0)
-    assert st.entries["r3:y"][0] == OPEN and st.entries["r3:y"][4] == bytes([DWELL])
+    assert st.entries[b"r3:y"][0] == OPEN and st.entries[b"r3:y"][4] == bytes([DWELL])
 
 
 def test_attribution_by_click_time_progress_by_server_time() -> None:
@@ -148,13 +148,13 @@ def test_orphans_no_request_id_late_and_invalid_are_counted() -> None:
     st.impression(imp("", "a", T0), partition=0)  # no request id
     st.impression(imp("late", "a", T0), partition=0)
     st.advance(T0 + W - 1)
-    assert st.counts.orphan_clicks == 0 and "gone:z" in st.entries
+    assert st.counts.orphan_clicks == 0 and b"gone:z" in st.entries
     st.event(ev("late", "a", T0 + W + 50))  # read before the window closed, but clicked after it
     st.advance(T0 + W + 10)
     assert out.labels() == {"late:a": 0}
     assert st.counts.orphan_clicks == 1 and st.counts.orphan_events == 1
     assert st.counts.no_request_id == 1 and st.counts.invalid == 2 and st.counts.late_clicks == 1
-    assert "gone:z" not in st.entries
+    assert b"gone:z" not in st.entries
     st.event(ev("late", "a", T0 + W + 20))  # a click for an emitted negative: late, no new sample
     assert st.counts.late_clicks == 2 and len(out.samples) == 1
 
@@ -212,7 +212,7 @@ def test_delta_and_snapshot_round_trip() -> None:
     st.impression(imp("d", "c", T0), partition=0)
     st.event(ev("d", "c", T0 + 5))
     first = st.take_delta()
-    assert {sid for sid, _ in first} == {"r:a", "e:b", "d:c"} and not st.dirty
+    assert {sid for sid, _ in first} == {b"r:a", b"e:b", b"d:c"} and not st.dirty
     st.event(ev("e", "b", T0 + 6))  # the early entry becomes positive
     st.advance(T0 + W)  # r:a closes (marker); e:b's early entry (positive at T0+6, close T0+W+6) stays
     second = st.take_delta()
@@ -221,7 +221,7 @@ def test_delta_and_snapshot_round_trip() -> None:
     restored.load(decode_entries(blob))
     assert restored.entries == st.entries
     assert (restored.n_open, restored.n_done) == (st.n_open, st.n_done)
-    assert restored.entries["r:a"][0] == DONE and restored.entries["e:b"][0] == EARLY
+    assert restored.entries[b"r:a"][0] == DONE and restored.entries[b"e:b"][0] == EARLY
     # the restored state keeps joining: the positive early entry's impression arrives
     out2 = Out()
     joined = make(out2)
@@ -249,7 +249,7 @@ def test_recovered_samples_are_marked_and_replays_counted() -> None:
     other.impression(value, partition=0)
     other.event(ev("r", "a", T0 + 5))
     sid, imp_ms, label = parse_sample_id(emitted.samples[0][0].SerializeToString())
-    assert (sid, imp_ms, label) == ("r:a", T0, 1)
+    assert (sid, imp_ms, label) == (b"r:a", T0, 1)
     assert st.mark_emitted(sid, imp_ms + W, label) and not st.mark_emitted(sid, imp_ms + W, label)
     st.recovered.add(sid)
     assert st.n_open == 1 and st.n_done == 1
@@ -287,31 +287,77 @@ def test_positive_types_and_dedup() -> None:
     assert again.check("a") and not again.check("b")
 
 
-def test_encode_sample_matches_protobuf() -> None:
+def test_samples_match_protobuf() -> None:
+    """Samples made by the joiner's table-driven encoding (and its general form) equal the protobuf API's."""
     import random
 
-    from proto.cascade.v1.common_pb2 import FeatureSetRef
-    from streaming.join_state import build_sample, encode_sample
+    from streaming.join_state import build_sample, encode_payload, payload_parts
 
     rng = random.Random(5)
-    fs = FeatureSetRef(name="deepfm_movielens", version=12).SerializeToString()
     cases = 0
-    for _ in range(300):
-        long_id = rng.random() < 0.2
-        im = Impression(request_id="r" * rng.choice((1, 20, 127, 128, 300)) if long_id else f"req{rng.randrange(10**6)}",
-                        user_id=f"ü{rng.randrange(1000)}", item_id=f"i{rng.randrange(10**9)}",
-                        position=rng.choice((0, 1, 127, 128, 20000, -1)), timestamp_ms=rng.choice((0, T0, 5, 1 << 45)),
-                        served_feature_id=rng.choice(("", "sf-1", "x" * 200)))
-        if rng.random() < 0.7:
-            im.model_version.CopyFrom(ModelVersion(model_name="ctr", version=f"v{rng.randrange(99)}", kind=3))
-        label = rng.random() < 0.5
-        types = bytes(rng.sample([1, 2, 4, 8, 9], rng.randrange(0, 4)))
-        args = (f"{im.request_id}:{im.item_id}", im, im.timestamp_ms, int(label), types,
-                rng.choice((0, T0 + 5)), rng.choice((0, T0 + 9, 1 << 50)), rng.choice((b"", fs)))
-        want = build_sample(*args)
-        got = encode_sample(*args)
-        assert LabeledSample.FromString(got) == want, args
-        # the same bytes as protobuf's own, only the label fields (appended when the impression closes) move
-        assert sorted(got) == sorted(want.SerializeToString())
-        cases += 1
-    assert cases == 300
+    for feature_set in (None, ("deepfm_movielens", 12)):
+        fs = FeatureSetRef(name=feature_set[0], version=feature_set[1]).SerializeToString() if feature_set else b""
+        out = Out()
+        st = make(out, feature_set=feature_set, max_pending=10_000, max_emitted=10_000)
+        made = {}
+        for i in range(300):
+            long_id = rng.random() < 0.2
+            im = Impression(request_id="r" * rng.choice((1, 20, 127, 128, 300)) if long_id else f"req{rng.randrange(10**6)}",
+                            user_id=rng.choice(("u", "ü")) + str(rng.randrange(1000)), item_id=f"i{i}",
+                            position=rng.choice((0, 1, 127, 128, 20000, -1)), timestamp_ms=rng.choice((0, T0, 5, 1 << 45)),
+                            served_feature_id=rng.choice(("", "sf-1", "x" * 200, "sfé")), score=rng.random(),
+                            experiment=ExperimentAssignment(bucket="b"), surface="home")
+            if rng.random() < 0.7:
+                im.model_version.CopyFrom(ModelVersion(model_name=rng.choice(("ctr", "ctré")), version=f"v{rng.randrange(9)}",
+                                                       kind=rng.choice((0, 3, 200))))
+            sid = f"{im.request_id}:{im.item_id}"
+            st.impression(im.SerializeToString(), partition=0, record_ts=T0 + 1)
+            ts = im.timestamp_ms or T0 + 1
+            payload = st.entries[sid.encode()][5]
+            mv = im.model_version.SerializeToString() if im.HasField("model_version") else None
+            assert payload == encode_payload(sid.encode(), im.request_id.encode(), im.user_id.encode(), im.item_id.encode(),
+                                             im.served_feature_id.encode(), im.position, mv, ts, fs)
+            assert payload_parts(payload)[0] == im.user_id.encode()
+            types = b""
+            if rng.random() < 0.5:
+                types = bytes(rng.sample([DWELL, 8, 9], rng.randrange(0, 3))) + bytes([CLICK])
+                click_ms = rng.choice((0, ts + 5))  # 0: unset, the received time counts
+                for t in types:
+                    st.event(Event(event_id=f"e{i}{t}", type=t, user_id=im.user_id, item_id=im.item_id,
+                                   request_id=im.request_id, timestamp_ms=click_ms, received_at_ms=ts).SerializeToString())
+            made[sid] = (im, ts, types, click_ms if types else 0)
+        st.drain()
+        assert len(out.samples) == len(made) == 300 and st.counts.invalid == 0
+        for got, key, _ in out.samples:
+            im, ts, types, click_ms = made[got.sample_id]
+            want = build_sample(got.sample_id, im, ts, int(bool(types)), types, click_ms, T0 + 99, fs)
+            assert got == want and key == im.user_id.encode()
+            # the same bytes as protobuf's own, only the order of fields differs
+            assert sorted(got.SerializeToString()) == sorted(want.SerializeToString())
+            cases += 1
+    assert cases == 600
+
+
+def test_strings_that_are_not_utf8_make_no_sample() -> None:
+    """The slim decoding reads strings as bytes; what the full parse refuses is still refused (counted invalid)."""
+    out = Out()
+    st = make(out)
+    good_mv = ModelVersion(model_name="ctr", version="v1").SerializeToString()
+    bad = [
+        b"\x0a\x02r1\x12\x02\xff\xfe\x1a\x01a",  # user_id
+        b"\x0a\x02r2\x12\x01u\x1a\x02\xc3\x28",  # item_id
+        b"\x0a\x02r3\x12\x01u\x1a\x01a\x4a\x01\xff",  # served_feature_id
+        b"\x0a\x02r4\x12\x01u\x1a\x01a\x3a\x05\x0a\x03\xe2\x82\x28",  # model_version.model_name
+        b"\x0a\x02r5\x12\x01u\x1a\x01a\x3a\x01\xff",  # model_version: present, not a message
+        b"\x0a\x02r6\x12\x01u\x1a\x01a\x3a\x03\x0a\x05a",  # model_version: truncated
+    ]
+    for value in bad:
+        with pytest.raises(Exception):
+            Impression.FromString(value)
+        assert st.impression(value, partition=0, record_ts=T0) == -1
+    st.event(b"\x12\x01a\x22\x01\xff\x2a\x01r\x10\x01")  # an event with a non-UTF-8 item id
+    fine = b"\x0a\x02r7\x12\x01u\x1a\x01a\x3a" + bytes([len(good_mv)]) + good_mv
+    assert st.impression(fine, partition=0, record_ts=T0) == T0
+    st.drain()
+    assert st.counts.invalid == len(bad) + 1 and out.labels() == {"r7:a": 0}
+    assert out.samples[0][0].model_version.model_name == "ctr"
