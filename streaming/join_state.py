@@ -54,12 +54,16 @@ when it was removed) and stored by :mod:`streaming.join_checkpoint`;
 from __future__ import annotations
 
 import heapq
-from heapq import heappop, heappush
-from collections import deque
 import struct
+import sys
 import time
+from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
+from heapq import heappop, heappush
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -76,6 +80,7 @@ from proto.cascade.v1.records_pb2 import Impression, LabeledSample
 # `types` is the distinct event types seen, one byte each, in first-occurrence order.
 OPEN, EARLY, DONE = 0, 1, 2
 _TOMBSTONE = 255
+_MAX_MS = 1 << 50  # times (ms) at or beyond +-35,000 years are invalid input: every stored time fits an int64
 _END_OF_TIME = 1 << 80  # a watermark past every close time (drain)
 Entry = tuple[int, int, int, int, bytes, bytes]
 
@@ -298,7 +303,12 @@ class JoinState:
         self.n_done = 0  # DONE entries
         self._closing = Timeline()  # OPEN/EARLY sids by close time (stale items skipped)
         self._forgetting = Timeline()  # DONE sids by forget time
-        self.dirty: set[bytes] = set()
+        # The checkpoint's delta (take_delta_blob): OPEN/EARLY entries changed since the last one, with their value
+        # (an entry leaves when it closes), and markers and removals in order, as they happened: a marker as
+        # window end * 2 + label (its forget time is window end + retention), a removal as _GONE.
+        self.dirty: dict[bytes, Entry] = {}
+        self._log_sids: list[bytes] = []
+        self._log_vals: list[int] = []
         self.watermark_ms = -(1 << 62)
         self.floor_ms = -(1 << 62)  # newest window end of a forgotten marker
         self.counts = counts if counts is not None else JoinCounts()  # shared across recoveries by the joiner
@@ -329,7 +339,7 @@ class JoinState:
         parse = _SlimImpression.FromString
         window = self.window_ms
         floor = self.floor_ms
-        dirty_add = self.dirty.add
+        dirty = self.dirty
         closing = self._closing
         closing_lists, closing_keys, bucket_ms = closing.lists, closing.keys, closing.ms
         last_b, last_list = None, None
@@ -354,6 +364,9 @@ class JoinState:
                 invalid += 1
                 continue
             ts = m.timestamp_ms or rec.timestamp
+            if not -_MAX_MS < ts < _MAX_MS:  # a time no clock makes; it would close every window
+                invalid += 1
+                continue
             sid = req + b":" + item
             close = ts + window
             e = get(sid)
@@ -398,7 +411,7 @@ class JoinState:
                 if payload is None:
                     invalid += 1
                     continue
-            entries[sid] = (OPEN, close, partition, ts, b"", payload)
+            entries[sid] = dirty[sid] = (OPEN, close, partition, ts, b"", payload)
             b = close // bucket_ms  # self._closing.add(close, sid), inline
             if b == last_b:
                 last_list.append(sid)
@@ -409,7 +422,6 @@ class JoinState:
                     heappush(closing_keys, b)
                 last_list.append(sid)
                 last_b = b
-            dirty_add(sid)
             if ts > newest:
                 newest = ts
             n_open += 1
@@ -439,9 +451,8 @@ class JoinState:
             else:
                 if pos_ms >= 0:
                     c.late_clicks += 1
-                self.entries[sid] = (OPEN, close, partition, ts, e[4], payload)
+                self.entries[sid] = self.dirty[sid] = (OPEN, close, partition, ts, e[4], payload)
                 self._closing.add(close, sid)
-                self.dirty.add(sid)
         elif kind == DONE and sid in self.recovered:
             self.recovered.discard(sid)
             c.replayed += 1
@@ -456,6 +467,7 @@ class JoinState:
         parse = _SlimEvent.FromString
         entries = self.entries
         get = entries.get
+        dirty = self.dirty
         positive_types = self.positive
         window = self.window_ms
         newest = -1
@@ -474,6 +486,9 @@ class JoinState:
                 continue
             client_ms = m.timestamp_ms
             ts = m.received_at_ms or client_ms or rec.timestamp  # server time: progress
+            if not (-_MAX_MS < ts < _MAX_MS and -_MAX_MS < client_ms < _MAX_MS):  # see impressions()
+                invalid += 1
+                continue
             if ts > newest:
                 newest = ts
             if not req:
@@ -488,10 +503,10 @@ class JoinState:
             e = get(sid)
             if e is None:
                 close = ts + window
-                entries[sid] = (EARLY, close, cts if positive else -1, client_ms if positive else 0, bytes((etype,)), b"")
+                entries[sid] = dirty[sid] = (EARLY, close, cts if positive else -1, client_ms if positive else 0,
+                                             bytes((etype,)), b"")
                 self.n_open += 1
                 self._closing.add(close, sid)
-                self.dirty.add(sid)
                 if self.n_open > self.max_pending:
                     self._overflow()
                 continue
@@ -505,8 +520,7 @@ class JoinState:
                 if positive:
                     self._emit_sample(sid, e[5], e[2], e[3], 1, types, client_ms)
                 elif types is not e[4]:
-                    entries[sid] = (OPEN, e[1], e[2], e[3], types, e[5])
-                    self.dirty.add(sid)
+                    entries[sid] = dirty[sid] = (OPEN, e[1], e[2], e[3], types, e[5])
             elif kind == EARLY:
                 types = e[4] if etype in e[4] else e[4] + bytes((etype,))
                 close = max(e[1], ts + window)
@@ -514,16 +528,15 @@ class JoinState:
                     c.duplicate_clicks += 1
                     if types is e[4] and close == e[1]:
                         continue
-                    entries[sid] = (EARLY, close, e[2], e[3], types, b"")
+                    entries[sid] = dirty[sid] = (EARLY, close, e[2], e[3], types, b"")
                 elif positive:
-                    entries[sid] = (EARLY, close, cts, client_ms, types, b"")
+                    entries[sid] = dirty[sid] = (EARLY, close, cts, client_ms, types, b"")
                 elif types is e[4] and close == e[1]:
                     continue
                 else:
-                    entries[sid] = (EARLY, close, e[2], e[3], types, b"")
+                    entries[sid] = dirty[sid] = (EARLY, close, e[2], e[3], types, b"")
                 if close != e[1]:
                     self._closing.add(close, sid)
-                self.dirty.add(sid)
             else:  # DONE
                 if positive:
                     if e[2]:
@@ -567,7 +580,8 @@ class JoinState:
         outs = self.out
         tail = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""  # joined_at_ms (12): the only label field
         window, retention = self.window_ms, self.retention_ms
-        dirty_add = self.dirty.add
+        dirty_pop = self.dirty.pop
+        log_sid, log_val = self._log_sids.append, self._log_vals.append
         forgetting = self._forgetting
         f_lists, f_keys, f_ms = forgetting.lists, forgetting.keys, forgetting.ms
         last_fb, last_fl = None, None
@@ -608,7 +622,9 @@ class JoinState:
                 end = e[3] + window
                 forget = end + retention
                 entries[sid] = (DONE, forget, 0, end, b"", b"")  # mark_emitted, inline
-                dirty_add(sid)
+                dirty_pop(sid, None)
+                log_sid(sid)
+                log_val(end << 1)
                 fb = forget // f_ms  # self._forgetting.add(forget, sid), inline
                 if fb == last_fb:
                     last_fl.append(sid)
@@ -646,7 +662,7 @@ class JoinState:
         keys, lists, ms = tl.keys, tl.lists, tl.ms
         entries = self.entries
         get = entries.get
-        dirty_add = self.dirty.add
+        log_sid, log_val = self._log_sids.append, self._log_vals.append
         recovered = self.recovered
         floor = self.floor_ms
         n = 0
@@ -666,7 +682,8 @@ class JoinState:
                     keep.append(sid)
                     continue
                 del entries[sid]
-                dirty_add(sid)
+                log_sid(sid)
+                log_val(_GONE)
                 n += 1
                 if e[3] > floor:
                     floor = e[3]
@@ -711,7 +728,9 @@ class JoinState:
             if cause == "overflow":
                 c.overflow_orphans += 1
             del self.entries[sid]
-            self.dirty.add(sid)
+            self.dirty.pop(sid, None)
+            self._log_sids.append(sid)
+            self._log_vals.append(_GONE)
         return True
 
     def _overflow(self) -> None:
@@ -727,7 +746,8 @@ class JoinState:
             return False
         del self.entries[sid]
         self.n_done -= 1
-        self.dirty.add(sid)
+        self._log_sids.append(sid)
+        self._log_vals.append(_GONE)
         self.recovered.discard(sid)
         if e[3] > self.floor_ms:
             self.floor_ms = e[3]
@@ -809,7 +829,9 @@ class JoinState:
         forget = window_end_ms + self.retention_ms
         self.entries[sid] = (DONE, forget, int(label), window_end_ms, b"", b"")
         self.n_done += 1
-        self.dirty.add(sid)
+        self.dirty.pop(sid, None)
+        self._log_sids.append(sid)
+        self._log_vals.append(window_end_ms << 1 | int(label))
         self._forgetting.add(forget, sid)
         if self.n_done > self.max_emitted:
             self._evict_markers()
@@ -824,12 +846,27 @@ class JoinState:
                 self.counts.evicted_markers += 1
 
     # ------------------------------------------------------------------ persistence
+    def take_delta_blob(self) -> bytes:
+        """The changes since the last call, encoded (:func:`encode_entries`): applied in order after the state as
+        of the last call, they give the state now. Starts the next delta.
+
+        Markers and removals first, as logged (one id and one integer each:
+        the bulk of a delta, cheap to write), then the open entries changed
+        since, with their current value (a key that closed since is not
+        among them: its marker or removal is in the log, and later).
+        """
+        sids, vals = self._log_sids, self._log_vals
+        dirty = self.dirty
+        self._log_sids, self._log_vals, self.dirty = [], [], {}
+        return encode_log(sids, vals) + encode_entries(list(dirty.items()))
+
     def take_delta(self) -> list[tuple[bytes, Entry | None]]:
-        """The final value of every key touched since the last call (None: removed); clears the dirty set."""
-        entries = self.entries
-        out = [(sid, entries.get(sid)) for sid in self.dirty]
-        self.dirty = set()
-        return out
+        """:meth:`take_delta_blob` as (sid, entry-or-None) pairs."""
+        return list(decode_entries(self.take_delta_blob(), self.retention_ms))
+
+    def clear_delta(self) -> None:
+        """Forget the changes since the last delta (a snapshot of the whole state was just written)."""
+        self._log_sids, self._log_vals, self.dirty = [], [], {}
 
     def snapshot(self) -> Iterator[tuple[bytes, Entry]]:
         return iter(self.entries.items())
@@ -844,6 +881,10 @@ class JoinState:
                 entries[sid] = e
         self._rebuild()
 
+    def load_blobs(self, blobs: Iterable[bytes]) -> None:
+        """:meth:`load` from stored blobs (markers' forget times: their window end + this state's retention)."""
+        self.load(item for blob in blobs for item in decode_entries(blob, self.retention_ms))
+
     def _rebuild(self) -> None:
         self.n_open = self.n_done = 0
         self._closing, self._forgetting = Timeline(), Timeline()
@@ -854,7 +895,7 @@ class JoinState:
             else:
                 self.n_open += 1
                 self._closing.add(e[1], sid)
-        self.dirty = set()
+        self.clear_delta()
 
     def set_times(self, watermark_ms: int, floor_ms: int) -> None:
         self.watermark_ms = watermark_ms
@@ -1039,43 +1080,78 @@ class Watermark:
 
 # ----------------------------------------------------------------------------- wire form of entries
 
-_HEAD = struct.Struct("<BqqqHHI")  # kind, a, b, c, len(sid), len(types), len(payload)
+# Blob = blocks one after another. A block (written now) starts with the byte 3 and holds its entries column by
+# column, so encoding is a few C-level passes (map, array, join) instead of a pack per entry:
+#   header (_BLOCK), kinds (n bytes; 255: tombstone), a, b, c (n int64 each), len(sid), len(types), len(payload)
+#   (n uint32 each), then the sids, the types and the payloads, concatenated. Little-endian.
+# An entry of the older format (one per record: _HEAD, sid, types, payload) starts with its kind (0, 1, 2, 255):
+# blobs written before are read as they are (its markers keep their stored forget time).
+_BLOCK = struct.Struct("<BIQQQ")  # 3, n, total sid bytes, total types bytes, total payload bytes
+_BLOCK_MAGIC = 3
+# A log block (byte 4): markers and removals, in order: header (_LOG), n int64 values (window end * 2 + label; _GONE:
+# removed), n uint32 sid lengths, the sids.
+_LOG = struct.Struct("<BIQ")  # 4, n, total sid bytes
+_LOG_MAGIC = 4
+_GONE = -(1 << 63)
+_HEAD = struct.Struct("<BqqqHHI")  # the older format: kind, a, b, c, len(sid), len(types), len(payload)
+_TOMB = (_TOMBSTONE, 0, 0, 0, b"", b"")
+_KINDS = bytes((OPEN, EARLY, DONE, _TOMBSTONE))
+_SWAP = sys.byteorder != "little"
+_at = [itemgetter(i) for i in range(6)]
 
 
 def encode_entries(items: Iterable[tuple[bytes, Entry | None]]) -> bytes:
     """(sid, entry-or-None) pairs -> one blob (a None entry is a tombstone)."""
-    pack = _HEAD.pack
-    parts: list[bytes] = []
-    append = parts.append
-    for sid, e in items:
-        key = sid
-        if e is None:
-            append(pack(_TOMBSTONE, 0, 0, 0, len(key), 0, 0))
-            append(key)
-        else:
-            types, payload = e[4], e[5]
-            append(pack(e[0], e[1], e[2], e[3], len(key), len(types), len(payload)))
-            append(key)
-            if types:
-                append(types)
-            if payload:
-                append(payload)
-    return b"".join(parts)
+    items = items if isinstance(items, list) else list(items)
+    if not items:
+        return b""
+    sids = list(map(_at[0], items))
+    entries = list(map(_at[1], items))
+    if None in entries:
+        entries = [_TOMB if e is None else e for e in entries]
+    columns = [array("q", list(map(_at[i], entries))) for i in (1, 2, 3)]  # (from a list: 4x faster than a map)
+    types = list(map(_at[4], entries))
+    payloads = list(map(_at[5], entries))
+    columns += [array("I", list(map(len, col))) for col in (sids, types, payloads)]
+    if _SWAP:
+        for col in columns:
+            col.byteswap()
+    joined = [b"".join(sids), b"".join(types), b"".join(payloads)]
+    head = _BLOCK.pack(_BLOCK_MAGIC, len(items), *map(len, joined))
+    return b"".join([head, bytes(map(_at[0], entries))] + [col.tobytes() for col in columns] + joined)
 
 
-def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[bytes, Entry | None]]:
-    """Inverse of :func:`encode_entries`; ValueError on a truncated blob."""
+def encode_log(sids: list[bytes], vals: list[int]) -> bytes:
+    """A log block: markers (window end * 2 + label) and removals (_GONE) of `sids`, in order."""
+    if not sids:
+        return b""
+    columns = [array("q", vals), array("I", list(map(len, sids)))]
+    if _SWAP:
+        for col in columns:
+            col.byteswap()
+    joined = b"".join(sids)
+    return b"".join((_LOG.pack(_LOG_MAGIC, len(sids), len(joined)), columns[0].tobytes(), columns[1].tobytes(), joined))
+
+
+def decode_entries(blob: bytes | memoryview, retention_ms: int = 0) -> Iterator[tuple[bytes, Entry | None]]:
+    """Inverse of :func:`encode_entries` and :func:`encode_log` (blobs of the older format too): (sid, entry-or-None)
+    pairs in order. A logged marker's forget time is its window end + `retention_ms`. ValueError on a truncated blob."""
     mv = memoryview(blob)
-    unpack = _HEAD.unpack_from
-    size = _HEAD.size
     pos, end = 0, len(mv)
     while pos < end:
-        if pos + size > end:
+        if mv[pos] == _BLOCK_MAGIC:
+            items, pos = _decode_block(mv, pos)
+            yield from items
+            continue
+        if mv[pos] == _LOG_MAGIC:
+            items, pos = _decode_log(mv, pos, retention_ms)
+            yield from items
+            continue
+        if pos + _HEAD.size > end:
             raise ValueError("truncated checkpoint entry header")
-        kind, a, b, c, nk, nt, npl = unpack(mv, pos)
-        pos += size
-        stop = pos + nk + nt + npl
-        if stop > end:
+        kind, a, b, c, nk, nt, npl = _HEAD.unpack_from(mv, pos)
+        pos += _HEAD.size
+        if pos + nk + nt + npl > end:
             raise ValueError("truncated checkpoint entry")
         sid = bytes(mv[pos:pos + nk])
         pos += nk
@@ -1091,6 +1167,64 @@ def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[bytes, Entry | No
         yield sid, (kind, a, b, c, types, payload)
 
 
+def _decode_log(mv: memoryview, pos: int, retention_ms: int) -> tuple[list[tuple[bytes, Entry | None]], int]:
+    if pos + _LOG.size > len(mv):
+        raise ValueError("truncated checkpoint log header")
+    _, n, n_sids = _LOG.unpack_from(mv, pos)
+    pos += _LOG.size
+    if pos + n * 12 + n_sids > len(mv):
+        raise ValueError("truncated checkpoint log")
+    vals, lengths = array("q"), array("I")
+    vals.frombytes(mv[pos:pos + n * 8])
+    lengths.frombytes(mv[pos + n * 8:pos + n * 12])
+    if _SWAP:
+        vals.byteswap()
+        lengths.byteswap()
+    pos += n * 12
+    if sum(lengths) != n_sids:
+        raise ValueError("corrupt checkpoint log (lengths)")
+    data = bytes(mv[pos:pos + n_sids])
+    sids = [data[i:i + k] for i, k in zip(accumulate(lengths, initial=0), lengths)]
+    items = [(sid, None if v == _GONE else (DONE, (v >> 1) + retention_ms, v & 1, v >> 1, b"", b""))
+             for sid, v in zip(sids, vals)]
+    return items, pos + n_sids
+
+
+def _decode_block(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | None]], int]:
+    if pos + _BLOCK.size > len(mv):
+        raise ValueError("truncated checkpoint block header")
+    _, n, n_sids, n_types, n_payloads = _BLOCK.unpack_from(mv, pos)
+    pos += _BLOCK.size
+    stop = pos + n * 37 + n_sids + n_types + n_payloads
+    if stop > len(mv):
+        raise ValueError("truncated checkpoint block")
+    kinds = bytes(mv[pos:pos + n])
+    if kinds.translate(None, _KINDS):
+        raise ValueError(f"unknown checkpoint entry kind in {set(kinds) - set(_KINDS)}")
+    pos += n
+    columns = []
+    for code, width in (("q", 8), ("q", 8), ("q", 8), ("I", 4), ("I", 4), ("I", 4)):
+        col = array(code)
+        col.frombytes(mv[pos:pos + n * width])
+        if _SWAP:
+            col.byteswap()
+        columns.append(col)
+        pos += n * width
+    a, b, c = columns[:3]
+    cut = []
+    for lengths, total in zip(columns[3:], (n_sids, n_types, n_payloads)):
+        if sum(lengths) != total:
+            raise ValueError("corrupt checkpoint block (lengths)")
+        data = bytes(mv[pos:pos + total])
+        starts = accumulate(lengths, initial=0)
+        cut.append([data[i:i + k] for i, k in zip(starts, lengths)])
+        pos += total
+    sids, types, payloads = cut
+    items = [(sid, None if k == _TOMBSTONE else (k, a_, b_, c_, t, p))
+             for sid, k, a_, b_, c_, t, p in zip(sids, kinds, a, b, c, types, payloads)]
+    return items, pos
+
+
 def parse_sample_id(value: bytes) -> tuple[bytes, int, int] | None:
     """A samples-topic value -> (sample_id, impression time, label), or None if it is not a LabeledSample."""
     try:
@@ -1103,5 +1237,5 @@ def parse_sample_id(value: bytes) -> tuple[bytes, int, int] | None:
 
 
 __all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
-           "build_sample", "encode_payload", "event_type_numbers", "parse_sample_id", "payload_parts",
+           "build_sample", "encode_log", "encode_payload", "event_type_numbers", "parse_sample_id", "payload_parts",
            "sample_id", "sample_tail"]

@@ -88,7 +88,6 @@ from streaming.join_state import (
     JoinCounts,
     JoinState,
     Watermark,
-    decode_entries,
     encode_entries,
     event_type_numbers,
     parse_sample_id,
@@ -97,7 +96,7 @@ from streaming.sample_writer import BatchSampleWriter, OutputTail, SampleWriteEr
 
 log = logging.getLogger(__name__)
 
-_SNAPSHOT_CHUNK = 8 * 1024 * 1024
+_SNAPSHOT_ENTRIES = 32_768  # per snapshot chunk (a Redis list element): a few MB
 _MAX_BACKOFF_S = 5.0
 
 
@@ -318,7 +317,7 @@ class Joiner:
                 raise ValueError(f"checkpoint of group {self.group!r} was written for topics {saved}, not {current}; "
                                  "use another group or reset it (cascade streaming join --reset)")
             state = self.state
-            state.load(item for blob in stored.blobs for item in decode_entries(blob))
+            state.load_blobs(stored.blobs)
             state.set_times(int(meta["watermark_ms"]), int(meta["floor_ms"]))
             self.watermark.value = state.watermark_ms
             self._snapshot_bytes = int(meta.get("snapshot_bytes", 0))
@@ -490,7 +489,7 @@ class Joiner:
         self._write_output()  # e.g. what drain() closed
         self.writer.flush()  # SampleWriteError -> recovery
         out = self.tail.end_offsets()
-        delta = encode_entries(self.state.take_delta())
+        delta = self.state.take_delta_blob()
         if delta:
             self._unsaved.append(delta)
         pending_bytes = sum(len(d) for d in self._unsaved)
@@ -524,20 +523,11 @@ class Joiner:
                 M.LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - self.positions.get(tp, 0)))
 
     def _write_snapshot(self, out: dict[int, int]) -> None:
-        chunks: list[bytes] = []
-        batch: list[Any] = []
-        size = 0
-        for sid, e in self.state.snapshot():
-            batch.append((sid, e))
-            size += 40 + len(sid) + len(e[4]) + len(e[5])
-            if size >= _SNAPSHOT_CHUNK:
-                chunks.append(encode_entries(batch))
-                batch, size = [], 0
-        if batch:
-            chunks.append(encode_entries(batch))
+        items = list(self.state.snapshot())
+        chunks = [encode_entries(items[i:i + _SNAPSHOT_ENTRIES]) for i in range(0, len(items), _SNAPSHOT_ENTRIES)]
         self._snapshot_bytes = sum(len(c) for c in chunks)
         self.checkpoint.compact(self.epoch, chunks, self._meta(out))
-        self.state.dirty = set()
+        self.state.clear_delta()
         self._unsaved = []
         self._delta_bytes = 0
 

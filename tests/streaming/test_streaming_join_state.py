@@ -238,6 +238,41 @@ def test_delta_and_snapshot_round_trip() -> None:
         list(decode_entries(blob[:-3]))
 
 
+def test_delta_log_and_older_blobs() -> None:
+    """The delta is the markers/removals log then the changed open entries; blobs of the older format still load."""
+    import struct
+
+    from streaming.join_state import encode_log
+
+    st = make(Out(), retention_ms=1_000)
+    st.impression(imp("r", "a", T0), partition=0)
+    st.impression(imp("r", "b", T0 + 1), partition=1)
+    st.event(ev("r", "b", T0 + 2))  # positive at once: a marker, the open entry leaves the delta
+    st.event(ev("o", "z", T0 + 5, type=DWELL))  # early, later an orphan
+    st.advance(T0 + W)  # r:a closes
+    blob = st.take_delta_blob()
+    restored = make(Out(), retention_ms=1_000)
+    restored.load_blobs([blob])
+    assert restored.entries == st.entries and set(st.entries) == {b"r:a", b"r:b", b"o:z"}
+    assert st.entries[b"r:b"][:4] == (DONE, T0 + 1 + W + 1_000, 1, T0 + 1 + W)
+    st.advance(T0 + 2 * W + 1_001)  # o:z orphaned, both markers forgotten: three removals
+    second = st.take_delta_blob()
+    assert [e for _, e in decode_entries(second, 1_000)] == [None, None, None]
+    restored.load_blobs([second])
+    assert restored.entries == st.entries == {}
+    assert st.take_delta_blob() == b"" and encode_log([], []) == b""
+    # one record per entry, as blobs were written before this format (a marker keeps its stored forget time)
+    head = struct.Struct("<BqqqHHI")
+    old = (head.pack(DONE, 123, 1, 100, 3, 0, 0) + b"x:1" + head.pack(OPEN, 500, 2, 400, 3, 1, 4) + b"y:2" + b"\x04"
+           + b"abcd" + head.pack(255, 0, 0, 0, 3, 0, 0) + b"x:1")
+    assert list(decode_entries(old + blob, 7)) == [(b"x:1", (DONE, 123, 1, 100, b"", b"")),
+                                                   (b"y:2", (OPEN, 500, 2, 400, b"\x04", b"abcd")), (b"x:1", None)] + list(
+        decode_entries(blob, 7))
+    for cut in (1, 5, len(blob) // 2):
+        with pytest.raises(ValueError):
+            list(decode_entries(blob[:-cut], 7))
+
+
 def test_recovered_samples_are_marked_and_replays_counted() -> None:
     out = Out()
     st = make(out)
@@ -339,7 +374,8 @@ def test_samples_match_protobuf() -> None:
 
 
 def test_strings_that_are_not_utf8_make_no_sample() -> None:
-    """The slim decoding reads strings as bytes; what the full parse refuses is still refused (counted invalid)."""
+    """The slim decoding reads strings as bytes; what the full parse refuses is still refused (counted invalid), and
+    so are times beyond any clock."""
     out = Out()
     st = make(out)
     good_mv = ModelVersion(model_name="ctr", version="v1").SerializeToString()
@@ -356,8 +392,10 @@ def test_strings_that_are_not_utf8_make_no_sample() -> None:
             Impression.FromString(value)
         assert st.impression(value, partition=0, record_ts=T0) == -1
     st.event(b"\x12\x01a\x22\x01\xff\x2a\x01r\x10\x01")  # an event with a non-UTF-8 item id
+    assert st.impression(imp("r8", "a", 1 << 62), partition=0) == -1  # no clock makes that time
+    assert st.event(ev("r8", "a", -(1 << 61))) == -1
     fine = b"\x0a\x02r7\x12\x01u\x1a\x01a\x3a" + bytes([len(good_mv)]) + good_mv
     assert st.impression(fine, partition=0, record_ts=T0) == T0
     st.drain()
-    assert st.counts.invalid == len(bad) + 1 and out.labels() == {"r7:a": 0}
+    assert st.counts.invalid == len(bad) + 3 and out.labels() == {"r7:a": 0}
     assert out.samples[0][0].model_version.model_name == "ctr"
