@@ -49,9 +49,9 @@ from stack import Stack
 from stack.clients import kafka_consumer, kafka_producer, redis_client
 
 
-SIM_USERS = 200  # hidden users; each is cloned into both arms
-RATE, SMOKE_RATE = 8.0, 6.0  # steps/s (each step: one GetFeed per arm)
-WARMUP_S, SMOKE_WARMUP_S = 60.0, 10.0  # both arms learn; then 'learning off' freezes
+SIM_USERS = 30  # hidden users; each is cloned into both arms (few enough that each clicks often enough to learn from)
+RATE, SMOKE_RATE = 5.0, 5.0  # steps/s (each step: one GetFeed per arm)
+WARMUP_S, SMOKE_WARMUP_S = 90.0, 10.0  # both arms learn; then 'learning off' freezes
 SMOKE_SECONDS = 25.0
 
 
@@ -201,7 +201,7 @@ async def phase_traffic(state: DemoState) -> None:
     smoke = state.smoke
     arms = _arms(state)
     users = SimulatedUsers(UserModelSpec(n_users=len(arms[0].user_ids), n_categories=len(world.genres),
-                                         drift_period_s=60.0 if smoke else 240.0, seed=7))
+                                         affinity=2.0, drift_period_s=60.0 if smoke else 600.0, seed=7))
     tracker = CtrTracker(bucket_s=5.0 if smoke else 15.0)
     warmup_s = SMOKE_WARMUP_S if smoke else WARMUP_S
     async with make_channel(state.feed_target, state.config.grpc) as feed_ch, \
@@ -232,7 +232,8 @@ async def phase_traffic(state: DemoState) -> None:
     plot = tracker.plot(state.config.paths.var_dir / "ctr.png",
                         title="CTR of the same simulated users: FTRL learning online vs. frozen after warm-up")
     on, off = tracker.total("learning on", since_s=warmup_s), tracker.total("learning off", since_s=warmup_s)
-    state.facts["feeds"] = (f"{stats.requests} GetFeed ({stats.failed} failed, {stats.degraded} degraded), "
+    state.facts["feeds"] = (f"{stats.requests} GetFeed ({stats.failed} failed, {stats.degraded} degraded: "
+                            + ", ".join(f"{a} {n}" for a, n in sorted(stats.degraded_by_arm.items())) + "), "
                             f"p50 {percentile(stats.latencies_ms, 50):.1f} ms p99 {percentile(stats.latencies_ms, 99):.1f} ms")
     snap = state.observer.snapshot()
     state.facts["stages p50/p99 ms (last 10 s)"] = ", ".join(

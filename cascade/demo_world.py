@@ -42,6 +42,17 @@ def demo_environment(root: Path = DEMO_DIR) -> dict[str, str]:
         "CASCADE__FEED__ITEM_ATTRIBUTES": json.dumps({"category": "item_profile:genres"}),
         "CASCADE__FEED__BUCKET_RANKING": json.dumps({"treatment": ONLINE_MODELS[0], "control": ONLINE_MODELS[1]}),
         "CASCADE__FEED__DEADLINE_MS": "250",
+        # Of 1,682 movies, 500 candidates: half the CPU of 1,000, and still enough left after the seen filter
+        # for users who ask for a page every few seconds (300 ran dry: rerank's INSUFFICIENT_RESULTS).
+        "CASCADE__FEED__CANDIDATES": "500",
+        "CASCADE__RECALL__TOTAL_CANDIDATES": "500",
+        # Everything shares two cores with the learning loop: channels get more than the 3-6 ms of a serving box.
+        "CASCADE__RECALL__CHANNEL_TIMEOUTS_MS": json.dumps({"embedding": 15.0, "item2item": 15.0, "popular": 10.0, "fresh": 10.0}),
+        "CASCADE__STREAMING__HASH_BITS": "18",  # 262k weights: plenty for 2 x 30 users, cheap to publish and load
+        "CASCADE__STREAMING__FTRL_ALPHA": "0.2",
+        # Few clicks per user: a strong L1 (1.0) keeps every user x genre weight at exactly zero.
+        "CASCADE__STREAMING__FTRL_L1": "0.05",
+        "CASCADE__STREAMING__FTRL_L2": "0.1",
         "CASCADE__STREAMING__ATTRIBUTION_WINDOW_S": "20",
         "CASCADE__STREAMING__PUBLISH_EVERY_S": "5",
         "CASCADE__STREAMING__CHECKPOINT_EVERY_S": "5",

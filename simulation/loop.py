@@ -1,7 +1,7 @@
 """The closed loop: simulated users ask GetFeed for pages and click through EventService.
 
 Paired design: at step ``i`` one hidden user ``k`` is drawn and asks for a
-page in EVERY arm (each arm is a clone of the same person under a different
+page in EVERY arm (one after the other, the order rotating with ``i``) (each arm is a clone of the same person under a different
 user id, one that the feed's stable hash puts in the arm's experiment bucket);
 each arm's clicks are drawn with the same random numbers. So arms differ only
 in what the system showed them -- the comparison needs far less traffic than
@@ -61,6 +61,7 @@ class LoopStats:
     latencies_ms: list[float] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)  # arm -> last ranking model version seen
     degraded_reasons: dict[str, int] = field(default_factory=dict)  # "stage: fallback" -> responses
+    degraded_by_arm: dict[str, int] = field(default_factory=dict)
 
 
 class ClosedLoop:
@@ -113,7 +114,11 @@ class ClosedLoop:
         pick = np.random.default_rng([self.seed, i])
         k = int(pick.integers(self.users.spec.n_users))
         draws = pick.random(self.count)
-        await asyncio.gather(*(self._one(arm, k, draws) for arm in self.arms))
+        # One arm after the other, in an order that rotates with the step: concurrent requests would queue
+        # behind each other in the stages, and a fixed order would hand one arm the slower seat every time.
+        shift = i % len(self.arms)
+        for arm in self.arms[shift:] + self.arms[:shift]:
+            await self._one(arm, k, draws)
 
     async def _one(self, arm: Arm, k: int, draws: np.ndarray) -> None:
         user_id = arm.user_ids[k]
@@ -131,6 +136,7 @@ class ClosedLoop:
             self.stats.requests += 1
         self.stats.latencies_ms.append(1000 * (time.perf_counter() - t0))
         self.stats.degraded += int(response.degraded)
+        self.stats.degraded_by_arm[arm.name] = self.stats.degraded_by_arm.get(arm.name, 0) + int(response.degraded)
         for r in response.degraded_reasons:
             key = f"{common_pb2.Stage.Name(r.stage)}/{r.component or '-'}: {common_pb2.DegradationCode.Name(r.code)}"
             self.stats.degraded_reasons[key] = self.stats.degraded_reasons.get(key, 0) + 1
