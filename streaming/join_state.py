@@ -73,16 +73,25 @@ from proto.cascade.v1.common_pb2 import FeatureSetRef, ModelVersion
 from proto.cascade.v1.events_pb2 import Event, EventType
 from proto.cascade.v1.records_pb2 import Impression, LabeledSample
 
-# Entry kinds. An entry is a tuple (kind, a, b, c, types, payload):
-#   OPEN:  (OPEN, close_ms, partition, impression_ms, types, sample-to-be: see JoinState._payload)
-#   EARLY: (EARLY, close_ms, first positive event ms or -1, its client timestamp_ms, types, b"")
-#   DONE:  (DONE, forget_ms, label, window_end_ms, b"", b"")
-# `types` is the distinct event types seen, one byte each, in first-occurrence order.
+# Entry kinds, one Python type each (the kind is the value's class):
+#   OPEN (bytes): an open impression: _OPEN_HEAD (impression_ms, partition, number of types), the types, then the
+#         sample-to-be (see JoinState._payload); it closes at impression_ms + window.
+#   EARLY (tuple): (EARLY, close_ms, first positive event ms or -1, its client timestamp_ms, types, b"").
+#   DONE (int): an emitted marker: window_end_ms * 2 + label; forgotten at window end + retention.
+# `types` is the distinct event types seen, one byte each, in first-occurrence order. Why bytes and ints rather
+# than tuples: open impressions and markers are the state (millions); one bytes object or one int takes a fraction
+# of the memory of a tuple of ints and bytes, the garbage collector does not track them (young tuples made gen-0
+# collections scan ~50k objects each, ~0.4 us per record), and a checkpoint stores them as they are.
+# JoinState.entry() gives any entry as the tuple (kind, a, b, c, types, payload).
 OPEN, EARLY, DONE = 0, 1, 2
+_OPEN_HEAD = struct.Struct("<qHB")  # impression_ms, partition, len(types)
+_OPEN_HEAD_SIZE = _OPEN_HEAD.size
+_INT64 = struct.Struct("<q")
+_KIND_OF = {bytes: OPEN, tuple: EARLY, int: DONE}
 _TOMBSTONE = 255
 _MAX_MS = 1 << 50  # times (ms) at or beyond +-35,000 years are invalid input: every stored time fits an int64
 _END_OF_TIME = 1 << 80  # a watermark past every close time (drain)
-Entry = tuple[int, int, int, int, bytes, bytes]
+Entry = bytes | tuple[int, int, int, int, bytes, bytes] | int
 
 Emit = Callable[[bytes, bytes, int, int], None]  # (sample value, key (user_id), input partition, label)
 
@@ -303,10 +312,11 @@ class JoinState:
         self.n_done = 0  # DONE entries
         self._closing = Timeline()  # OPEN/EARLY sids by close time (stale items skipped)
         self._forgetting = Timeline()  # DONE sids by forget time
-        # The checkpoint's delta (take_delta_blob): OPEN/EARLY entries changed since the last one, with their value
-        # (an entry leaves when it closes), and markers and removals in order, as they happened: a marker as
-        # window end * 2 + label (its forget time is window end + retention), a removal as _GONE.
-        self.dirty: dict[bytes, Entry] = {}
+        # The checkpoint's delta (take_delta_blob): OPEN and EARLY entries changed since the last one, with their
+        # value (an entry leaves when it closes), and markers and removals in order, as they happened: a marker as
+        # its value, a removal as _GONE.
+        self.dirty: dict[bytes, bytes] = {}  # OPEN
+        self.dirty_early: dict[bytes, tuple[int, int, int, int, bytes, bytes]] = {}
         self._log_sids: list[bytes] = []
         self._log_vals: list[int] = []
         self.watermark_ms = -(1 << 62)
@@ -348,6 +358,8 @@ class JoinState:
         features_base = 4 + len(fs)  # features = {1: sf, 2: item, 3: feature set}: 4 bytes of tags + lengths
         L, KL, P, LO = _LEN, _KEY_LEN_B, _POSITION, _LOW14
         hi_last, hi_bytes = -1, b""
+        pack_ts = _INT64.pack
+        part_head = _OPEN_HEAD.pack(0, partition, 0)[8:]  # the head after the time: partition, no types
         max_pending = self.max_pending
         n_open = self.n_open
         newest = -1
@@ -388,7 +400,6 @@ class JoinState:
             sf = m.served_feature_id
             mvf = mv_fields.get(m.model_version, _MISSING)
             lu, li, lf = len(user), len(item), len(sf)
-            payload = None
             if (mvf is not _MISSING and ts >= 16384 and lu < 128 and li < 128 and lf < 128
                     and sid.isascii() and user.isascii() and sf.isascii()):
                 hi = ts >> 14  # the time's varint: the low 14 bits from a table, the rest changes every 16 s
@@ -396,22 +407,25 @@ class JoinState:
                     hi_last, hi_bytes = hi, _uvarint(hi)
                 try:
                     if lf:
-                        payload = b"%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x4a%b\x0a%b%b\x12%b%b%b%b%b\x38%b%b" % (
-                            KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user, L[li], item,
-                            L[lf + li + features_base], L[lf], sf, L[li], item, fs, P[m.position], mvf,
+                        entry = b"%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x4a%b\x0a%b%b\x12%b%b%b%b%b\x38%b%b" % (
+                            pack_ts(ts), part_head, KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user,
+                            L[li], item, L[lf + li + features_base], L[lf], sf, L[li], item, fs, P[m.position], mvf,
                             LO[ts & 16383], hi_bytes)
                     else:
-                        payload = b"%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b%b%b\x38%b%b" % (
-                            KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user, L[li], item,
-                            P[m.position], mvf, LO[ts & 16383], hi_bytes)
+                        entry = b"%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b%b%b\x38%b%b" % (
+                            pack_ts(ts), part_head, KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user,
+                            L[li], item, P[m.position], mvf, LO[ts & 16383], hi_bytes)
                 except (IndexError, KeyError, TypeError):  # beyond the tables; a model version that did not decode
-                    payload = None
-            if payload is None:
+                    entry = None
+            else:
+                entry = None
+            if entry is None:
                 payload = self._payload(sid, m, ts)
                 if payload is None:
                     invalid += 1
                     continue
-            entries[sid] = dirty[sid] = (OPEN, close, partition, ts, b"", payload)
+                entry = _OPEN_HEAD.pack(ts, partition, 0) + payload
+            entries[sid] = dirty[sid] = entry
             b = close // bucket_ms  # self._closing.add(close, sid), inline
             if b == last_b:
                 last_list.append(sid)
@@ -440,7 +454,7 @@ class JoinState:
     def _impression_again(self, sid: bytes, e: Entry, m: Any, ts: int, close: int, partition: int) -> bool:
         """An impression whose sid has an entry: joins early events, or is a duplicate / replay. False: invalid."""
         c = self.counts
-        kind = e[0]
+        kind = _KIND_OF[e.__class__]
         if kind == EARLY:
             payload = self._payload(sid, m, ts)
             if payload is None:
@@ -451,7 +465,8 @@ class JoinState:
             else:
                 if pos_ms >= 0:
                     c.late_clicks += 1
-                self.entries[sid] = self.dirty[sid] = (OPEN, close, partition, ts, e[4], payload)
+                self.dirty_early.pop(sid, None)
+                self.entries[sid] = self.dirty[sid] = _OPEN_HEAD.pack(ts, partition, len(e[4])) + e[4] + payload
                 self._closing.add(close, sid)
         elif kind == DONE and sid in self.recovered:
             self.recovered.discard(sid)
@@ -467,7 +482,8 @@ class JoinState:
         parse = _SlimEvent.FromString
         entries = self.entries
         get = entries.get
-        dirty = self.dirty
+        dirty, dirty_early = self.dirty, self.dirty_early
+        head = _OPEN_HEAD.unpack_from
         positive_types = self.positive
         window = self.window_ms
         newest = -1
@@ -503,24 +519,28 @@ class JoinState:
             e = get(sid)
             if e is None:
                 close = ts + window
-                entries[sid] = dirty[sid] = (EARLY, close, cts if positive else -1, client_ms if positive else 0,
-                                             bytes((etype,)), b"")
+                entries[sid] = dirty_early[sid] = (EARLY, close, cts if positive else -1,
+                                                   client_ms if positive else 0, bytes((etype,)), b"")
                 self.n_open += 1
                 self._closing.add(close, sid)
                 if self.n_open > self.max_pending:
                     self._overflow()
                 continue
-            kind = e[0]
+            kind = _KIND_OF[e.__class__]
             if kind == OPEN:
-                if cts > e[1]:  # after the impression's window: not attributed
+                imp_ms, partition, nt = head(e)
+                if cts > imp_ms + window:  # after the impression's window: not attributed
                     if positive:
                         c.late_clicks += 1
                     continue
-                types = e[4] if etype in e[4] else e[4] + bytes((etype,))
+                types = e[_OPEN_HEAD_SIZE:_OPEN_HEAD_SIZE + nt]
+                if etype not in types:
+                    types += bytes((etype,))
                 if positive:
-                    self._emit_sample(sid, e[5], e[2], e[3], 1, types, client_ms)
-                elif types is not e[4]:
-                    entries[sid] = dirty[sid] = (OPEN, e[1], e[2], e[3], types, e[5])
+                    self._emit_sample(sid, e[_OPEN_HEAD_SIZE + nt:], partition, imp_ms, 1, types, client_ms)
+                elif len(types) > nt:
+                    entries[sid] = dirty[sid] = (_OPEN_HEAD.pack(imp_ms, partition, len(types)) + types
+                                                 + e[_OPEN_HEAD_SIZE + nt:])
             elif kind == EARLY:
                 types = e[4] if etype in e[4] else e[4] + bytes((etype,))
                 close = max(e[1], ts + window)
@@ -528,18 +548,18 @@ class JoinState:
                     c.duplicate_clicks += 1
                     if types is e[4] and close == e[1]:
                         continue
-                    entries[sid] = dirty[sid] = (EARLY, close, e[2], e[3], types, b"")
+                    entries[sid] = dirty_early[sid] = (EARLY, close, e[2], e[3], types, b"")
                 elif positive:
-                    entries[sid] = dirty[sid] = (EARLY, close, cts, client_ms, types, b"")
+                    entries[sid] = dirty_early[sid] = (EARLY, close, cts, client_ms, types, b"")
                 elif types is e[4] and close == e[1]:
                     continue
                 else:
-                    entries[sid] = dirty[sid] = (EARLY, close, e[2], e[3], types, b"")
+                    entries[sid] = dirty_early[sid] = (EARLY, close, e[2], e[3], types, b"")
                 if close != e[1]:
                     self._closing.add(close, sid)
             else:  # DONE
                 if positive:
-                    if e[2]:
+                    if e & 1:
                         c.duplicate_clicks += 1
                     else:
                         c.late_clicks += 1
@@ -581,6 +601,7 @@ class JoinState:
         tail = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""  # joined_at_ms (12): the only label field
         window, retention = self.window_ms, self.retention_ms
         dirty_pop = self.dirty.pop
+        head = _OPEN_HEAD.unpack_from
         log_sid, log_val = self._log_sids.append, self._log_vals.append
         forgetting = self._forgetting
         f_lists, f_keys, f_ms = forgetting.lists, forgetting.keys, forgetting.ms
@@ -594,34 +615,38 @@ class JoinState:
             keep = None
             for sid in lists[b]:
                 e = get(sid)
-                if e is None:
-                    continue
-                kind = e[0]
-                t = e[1]
-                if kind == DONE or t // ms != b:
-                    continue  # stale: closed already, or its close time moved to a later bucket
-                if t > wm:
+                cls = e.__class__
+                if cls is bytes:
+                    imp_ms, p, nt = head(e)
+                    end = imp_ms + window
+                    if end // ms != b:
+                        continue  # stale (an impression re-read after early events closed and went)
+                elif cls is tuple:  # early events
+                    end = e[1]
+                    if end // ms != b:
+                        continue  # stale: its close time moved to a later bucket
+                else:
+                    continue  # stale: closed (a marker) or gone
+                if end > wm:
                     if keep is None:
                         keep = deque()
                     keep.append(sid)
                     continue
-                if kind == EARLY:
+                if cls is tuple:
                     self.n_open = n_open
                     self._close(sid, cause)
                     n_open = self.n_open
                     continue
-                payload = e[5]
-                k = payload[0] | payload[1] << 8
-                p = e[2]
+                at = _OPEN_HEAD_SIZE + nt
+                k = e[at] | e[at + 1] << 8
                 if p != last_p:
                     out = outs.get(p)
                     if out is None:
                         out = outs[p] = []
                     last_p = p
-                out.append((payload[2:2 + k], payload[2 + k:] + tail, 0))
-                end = e[3] + window
+                out.append((e[at + 2:at + 2 + k], e[at + 2 + k:] + tail, 0))
                 forget = end + retention
-                entries[sid] = (DONE, forget, 0, end, b"", b"")  # mark_emitted, inline
+                entries[sid] = end << 1  # mark_emitted, inline
                 dirty_pop(sid, None)
                 log_sid(sid)
                 log_val(end << 1)
@@ -665,15 +690,17 @@ class JoinState:
         log_sid, log_val = self._log_sids.append, self._log_vals.append
         recovered = self.recovered
         floor = self.floor_ms
+        retention = self.retention_ms
         n = 0
         while keys and keys[0] * ms <= wm:
             b = keys[0]
             keep = None
             for sid in lists[b]:
                 e = get(sid)
-                if e is None or e[0] != DONE:
+                if e.__class__ is not int:
                     continue
-                t = e[1]
+                end = e >> 1
+                t = end + retention
                 if t // ms != b:
                     continue
                 if t > wm:
@@ -685,8 +712,8 @@ class JoinState:
                 log_sid(sid)
                 log_val(_GONE)
                 n += 1
-                if e[3] > floor:
-                    floor = e[3]
+                if end > floor:
+                    floor = end
                 if recovered:
                     recovered.discard(sid)
             if keep:
@@ -700,25 +727,28 @@ class JoinState:
 
     def _close_time(self, sid: bytes) -> int | None:
         e = self.entries.get(sid)
-        return None if e is None or e[0] == DONE else e[1]
+        cls = e.__class__
+        return _OPEN_HEAD.unpack_from(e)[0] + self.window_ms if cls is bytes else e[1] if cls is tuple else None
 
     def _forget_time(self, sid: bytes) -> int | None:
         e = self.entries.get(sid)
-        return e[1] if e is not None and e[0] == DONE else None
+        return (e >> 1) + self.retention_ms if e.__class__ is int else None
 
     def _close(self, sid: bytes, cause: str) -> bool:
         e = self.entries.get(sid)
-        if e is None or e[0] == DONE:
+        cls = e.__class__
+        if cls is not bytes and cls is not tuple:
             return False  # already closed (a sid listed twice)
         c = self.counts
-        if e[0] == OPEN:
+        if cls is bytes:
             if cause == "watermark":
                 c.closed_watermark += 1
             elif cause == "overflow":
                 c.closed_overflow += 1
             else:
                 c.closed_drain += 1
-            self._emit_sample(sid, e[5], e[2], e[3], 0, b"", 0)
+            imp_ms, partition, nt = _OPEN_HEAD.unpack_from(e)
+            self._emit_sample(sid, e[_OPEN_HEAD_SIZE + nt:], partition, imp_ms, 0, b"", 0)
         else:
             self.n_open -= 1
             if e[2] >= 0:
@@ -728,7 +758,7 @@ class JoinState:
             if cause == "overflow":
                 c.overflow_orphans += 1
             del self.entries[sid]
-            self.dirty.pop(sid, None)
+            self.dirty_early.pop(sid, None)
             self._log_sids.append(sid)
             self._log_vals.append(_GONE)
         return True
@@ -742,15 +772,15 @@ class JoinState:
 
     def _forget(self, sid: bytes) -> bool:
         e = self.entries.get(sid)
-        if e is None or e[0] != DONE:
+        if e.__class__ is not int:
             return False
         del self.entries[sid]
         self.n_done -= 1
         self._log_sids.append(sid)
         self._log_vals.append(_GONE)
         self.recovered.discard(sid)
-        if e[3] > self.floor_ms:
-            self.floor_ms = e[3]
+        if e >> 1 > self.floor_ms:
+            self.floor_ms = e >> 1
         return True
 
     # ------------------------------------------------------------------ output
@@ -823,16 +853,16 @@ class JoinState:
         """
         e = self.entries.get(sid)
         if e is not None:
-            if e[0] == DONE:
+            if e.__class__ is int:
                 return False
             self.n_open -= 1  # an open impression or early events become the marker
-        forget = window_end_ms + self.retention_ms
-        self.entries[sid] = (DONE, forget, int(label), window_end_ms, b"", b"")
+        self.entries[sid] = marker = window_end_ms << 1 | (1 if label else 0)
         self.n_done += 1
-        self.dirty.pop(sid, None)
+        if e is not None:
+            (self.dirty if e.__class__ is bytes else self.dirty_early).pop(sid, None)
         self._log_sids.append(sid)
-        self._log_vals.append(window_end_ms << 1 | int(label))
-        self._forgetting.add(forget, sid)
+        self._log_vals.append(marker)
+        self._forgetting.add(window_end_ms + self.retention_ms, sid)
         if self.n_done > self.max_emitted:
             self._evict_markers()
         return True
@@ -853,20 +883,20 @@ class JoinState:
         Markers and removals first, as logged (one id and one integer each:
         the bulk of a delta, cheap to write), then the open entries changed
         since, with their current value (a key that closed since is not
-        among them: its marker or removal is in the log, and later).
+        among them: its marker or removal is in the log, and later); an open
+        impression is stored as the bytes it is.
         """
-        sids, vals = self._log_sids, self._log_vals
-        dirty = self.dirty
-        self._log_sids, self._log_vals, self.dirty = [], [], {}
-        return encode_log(sids, vals) + encode_entries(list(dirty.items()))
+        sids, vals, dirty, early = self._log_sids, self._log_vals, self.dirty, self.dirty_early
+        self.clear_delta()
+        return encode_log(sids, vals) + encode_open(list(dirty), list(dirty.values())) + encode_entries(list(early.items()))
 
     def take_delta(self) -> list[tuple[bytes, Entry | None]]:
         """:meth:`take_delta_blob` as (sid, entry-or-None) pairs."""
-        return list(decode_entries(self.take_delta_blob(), self.retention_ms))
+        return list(decode_entries(self.take_delta_blob()))
 
     def clear_delta(self) -> None:
         """Forget the changes since the last delta (a snapshot of the whole state was just written)."""
-        self._log_sids, self._log_vals, self.dirty = [], [], {}
+        self._log_sids, self._log_vals, self.dirty, self.dirty_early = [], [], {}, {}
 
     def snapshot(self) -> Iterator[tuple[bytes, Entry]]:
         return iter(self.entries.items())
@@ -882,19 +912,31 @@ class JoinState:
         self._rebuild()
 
     def load_blobs(self, blobs: Iterable[bytes]) -> None:
-        """:meth:`load` from stored blobs (markers' forget times: their window end + this state's retention)."""
-        self.load(item for blob in blobs for item in decode_entries(blob, self.retention_ms))
+        """:meth:`load` from stored blobs."""
+        self.load(item for blob in blobs for item in decode_entries(blob))
+
+    def kind(self, sid: bytes) -> int | None:
+        """OPEN, EARLY, DONE, or None (no entry)."""
+        e = self.entries.get(sid)
+        return None if e is None else _KIND_OF[e.__class__]
+
+    def entry(self, sid: bytes) -> tuple[int, int, int, int, bytes, bytes] | None:
+        """`sid`'s entry as a tuple (kind, a, b, c, types, payload), whatever its form (None: no entry):
+        OPEN (close, partition, impression ms), EARLY (as stored), DONE (forget, label, window end)."""
+        return _as_tuple(self.entries.get(sid), self.window_ms, self.retention_ms)
 
     def _rebuild(self) -> None:
         self.n_open = self.n_done = 0
         self._closing, self._forgetting = Timeline(), Timeline()
+        retention = self.retention_ms
         for sid, e in self.entries.items():
-            if e[0] == DONE:
+            cls = e.__class__
+            if cls is int:
                 self.n_done += 1
-                self._forgetting.add(e[1], sid)
+                self._forgetting.add((e >> 1) + retention, sid)
             else:
                 self.n_open += 1
-                self._closing.add(e[1], sid)
+                self._closing.add(_OPEN_HEAD.unpack_from(e)[0] + self.window_ms if cls is bytes else e[1], sid)
         self.clear_delta()
 
     def set_times(self, watermark_ms: int, floor_ms: int) -> None:
@@ -1093,20 +1135,32 @@ _BLOCK_MAGIC = 3
 _LOG = struct.Struct("<BIQ")  # 4, n, total sid bytes
 _LOG_MAGIC = 4
 _GONE = -(1 << 63)
+# An open block (byte 5): open impressions as they are kept: header (_OPEN_BLOCK), n uint32 sid lengths, n uint32
+# entry lengths, the sids, the entries.
+_OPEN_BLOCK = struct.Struct("<BIQQ")  # 5, n, total sid bytes, total entry bytes
+_OPEN_MAGIC = 5
 _HEAD = struct.Struct("<BqqqHHI")  # the older format: kind, a, b, c, len(sid), len(types), len(payload)
 _TOMB = (_TOMBSTONE, 0, 0, 0, b"", b"")
-_KINDS = bytes((OPEN, EARLY, DONE, _TOMBSTONE))
+_KINDS_OPEN = bytes((OPEN, EARLY, _TOMBSTONE))  # in a block of columns (written now: early events, tombstones)
 _SWAP = sys.byteorder != "little"
 _at = [itemgetter(i) for i in range(6)]
 
 
 def encode_entries(items: Iterable[tuple[bytes, Entry | None]]) -> bytes:
-    """(sid, entry-or-None) pairs -> one blob (a None entry is a tombstone)."""
+    """(sid, entry-or-None) pairs, each sid at most once -> one blob (None: a tombstone): markers in a log block,
+    open impressions in an open block, early events and tombstones in a block of columns."""
     items = items if isinstance(items, list) else list(items)
     if not items:
         return b""
     sids = list(map(_at[0], items))
     entries = list(map(_at[1], items))
+    if any(e.__class__ is not tuple and e is not None for e in entries):
+        by_kind: dict[type, list[tuple[bytes, Any]]] = {int: [], bytes: [], tuple: []}
+        for sid, e in items:
+            by_kind[tuple if e is None else e.__class__].append((sid, e))
+        markers, opened = by_kind[int], by_kind[bytes]
+        return (encode_log([sid for sid, _ in markers], [e for _, e in markers])
+                + encode_open([sid for sid, _ in opened], [e for _, e in opened]) + encode_entries(by_kind[tuple]))
     if None in entries:
         entries = [_TOMB if e is None else e for e in entries]
     columns = [array("q", list(map(_at[i], entries))) for i in (1, 2, 3)]  # (from a list: 4x faster than a map)
@@ -1133,9 +1187,37 @@ def encode_log(sids: list[bytes], vals: list[int]) -> bytes:
     return b"".join((_LOG.pack(_LOG_MAGIC, len(sids), len(joined)), columns[0].tobytes(), columns[1].tobytes(), joined))
 
 
-def decode_entries(blob: bytes | memoryview, retention_ms: int = 0) -> Iterator[tuple[bytes, Entry | None]]:
+def encode_open(sids: list[bytes], entries: list[bytes]) -> bytes:
+    """An open block: open impressions (their entry bytes) of `sids`."""
+    if not sids:
+        return b""
+    columns = [array("I", list(map(len, sids))), array("I", list(map(len, entries)))]
+    if _SWAP:
+        for col in columns:
+            col.byteswap()
+    joined = [b"".join(sids), b"".join(entries)]
+    return b"".join([_OPEN_BLOCK.pack(_OPEN_MAGIC, len(sids), *map(len, joined)), columns[0].tobytes(),
+                     columns[1].tobytes()] + joined)
+
+
+def _as_tuple(e: Entry | None, window_ms: int, retention_ms: int) -> tuple[int, int, int, int, bytes, bytes] | None:
+    cls = e.__class__
+    if cls is bytes:
+        imp_ms, partition, nt = _OPEN_HEAD.unpack_from(e)  # type: ignore[arg-type]
+        return (OPEN, imp_ms + window_ms, partition, imp_ms, e[_OPEN_HEAD_SIZE:_OPEN_HEAD_SIZE + nt],  # type: ignore
+                e[_OPEN_HEAD_SIZE + nt:])  # type: ignore[index]
+    if cls is int:
+        return DONE, (e >> 1) + retention_ms, e & 1, e >> 1, b"", b""  # type: ignore[operator]
+    return e  # type: ignore[return-value]
+
+
+def _open_entry(partition: int, imp_ms: int, types: bytes, payload: bytes) -> bytes:
+    return _OPEN_HEAD.pack(imp_ms, partition, len(types)) + types + payload
+
+
+def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[bytes, Entry | None]]:
     """Inverse of :func:`encode_entries` and :func:`encode_log` (blobs of the older format too): (sid, entry-or-None)
-    pairs in order. A logged marker's forget time is its window end + `retention_ms`. ValueError on a truncated blob."""
+    pairs in order. ValueError on a truncated blob."""
     mv = memoryview(blob)
     pos, end = 0, len(mv)
     while pos < end:
@@ -1144,7 +1226,11 @@ def decode_entries(blob: bytes | memoryview, retention_ms: int = 0) -> Iterator[
             yield from items
             continue
         if mv[pos] == _LOG_MAGIC:
-            items, pos = _decode_log(mv, pos, retention_ms)
+            items, pos = _decode_log(mv, pos)
+            yield from items
+            continue
+        if mv[pos] == _OPEN_MAGIC:
+            items, pos = _decode_open(mv, pos)
             yield from items
             continue
         if pos + _HEAD.size > end:
@@ -1164,10 +1250,15 @@ def decode_entries(blob: bytes | memoryview, retention_ms: int = 0) -> Iterator[
         pos += nt
         payload = bytes(mv[pos:pos + npl])
         pos += npl
-        yield sid, (kind, a, b, c, types, payload)
+        if kind == DONE:
+            yield sid, c << 1 | (1 if b else 0)
+        elif kind == OPEN:
+            yield sid, _open_entry(b, c, types, payload)
+        else:
+            yield sid, (kind, a, b, c, types, payload)
 
 
-def _decode_log(mv: memoryview, pos: int, retention_ms: int) -> tuple[list[tuple[bytes, Entry | None]], int]:
+def _decode_log(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | None]], int]:
     if pos + _LOG.size > len(mv):
         raise ValueError("truncated checkpoint log header")
     _, n, n_sids = _LOG.unpack_from(mv, pos)
@@ -1185,9 +1276,35 @@ def _decode_log(mv: memoryview, pos: int, retention_ms: int) -> tuple[list[tuple
         raise ValueError("corrupt checkpoint log (lengths)")
     data = bytes(mv[pos:pos + n_sids])
     sids = [data[i:i + k] for i, k in zip(accumulate(lengths, initial=0), lengths)]
-    items = [(sid, None if v == _GONE else (DONE, (v >> 1) + retention_ms, v & 1, v >> 1, b"", b""))
-             for sid, v in zip(sids, vals)]
+    items = [(sid, None if v == _GONE else v) for sid, v in zip(sids, vals)]
     return items, pos + n_sids
+
+
+def _decode_open(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | None]], int]:
+    if pos + _OPEN_BLOCK.size > len(mv):
+        raise ValueError("truncated checkpoint open block header")
+    _, n, n_sids, n_entries = _OPEN_BLOCK.unpack_from(mv, pos)
+    pos += _OPEN_BLOCK.size
+    if pos + n * 8 + n_sids + n_entries > len(mv):
+        raise ValueError("truncated checkpoint open block")
+    cut = []
+    for i, total in enumerate((n_sids, n_entries)):
+        lengths = array("I")
+        lengths.frombytes(mv[pos + i * n * 4:pos + (i + 1) * n * 4])
+        if _SWAP:
+            lengths.byteswap()
+        if sum(lengths) != total:
+            raise ValueError("corrupt checkpoint open block (lengths)")
+        cut.append(lengths)
+    pos += n * 8
+    out = []
+    for lengths, total in zip(cut, (n_sids, n_entries)):
+        data = bytes(mv[pos:pos + total])
+        out.append([data[i:i + k] for i, k in zip(accumulate(lengths, initial=0), lengths)])
+        pos += total
+    if any(len(e) < _OPEN_HEAD_SIZE + 2 for e in out[1]):
+        raise ValueError("corrupt checkpoint open block (an entry too short)")
+    return list(zip(out[0], out[1])), pos
 
 
 def _decode_block(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | None]], int]:
@@ -1199,8 +1316,8 @@ def _decode_block(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | N
     if stop > len(mv):
         raise ValueError("truncated checkpoint block")
     kinds = bytes(mv[pos:pos + n])
-    if kinds.translate(None, _KINDS):
-        raise ValueError(f"unknown checkpoint entry kind in {set(kinds) - set(_KINDS)}")
+    if kinds.translate(None, _KINDS_OPEN):
+        raise ValueError(f"unknown checkpoint entry kind in {set(kinds) - set(_KINDS_OPEN)}")
     pos += n
     columns = []
     for code, width in (("q", 8), ("q", 8), ("q", 8), ("I", 4), ("I", 4), ("I", 4)):
@@ -1220,7 +1337,7 @@ def _decode_block(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | N
         cut.append([data[i:i + k] for i, k in zip(starts, lengths)])
         pos += total
     sids, types, payloads = cut
-    items = [(sid, None if k == _TOMBSTONE else (k, a_, b_, c_, t, p))
+    items = [(sid, None if k == _TOMBSTONE else _open_entry(b_, c_, t, p) if k == OPEN else (k, a_, b_, c_, t, p))
              for sid, k, a_, b_, c_, t, p in zip(sids, kinds, a, b, c, types, payloads)]
     return items, pos
 
@@ -1237,5 +1354,5 @@ def parse_sample_id(value: bytes) -> tuple[bytes, int, int] | None:
 
 
 __all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
-           "build_sample", "encode_log", "encode_payload", "event_type_numbers", "parse_sample_id", "payload_parts",
+           "build_sample", "encode_log", "encode_open", "encode_payload", "event_type_numbers", "parse_sample_id", "payload_parts",
            "sample_id", "sample_tail"]

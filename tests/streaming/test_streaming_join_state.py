@@ -90,14 +90,14 @@ def test_click_before_impression() -> None:
     st = make(out)
     st.event(ev("r2", "x", T0 + 300, type=LIKE))
     st.event(ev("r2", "x", T0 + 400))
-    assert st.entries[b"r2:x"][0] == EARLY and not out.samples
+    assert st.kind(b"r2:x") == EARLY and not out.samples
     st.impression(imp("r2", "x", T0), partition=0)
     assert out.labels() == {"r2:x": 1}
     assert list(out.samples[0][0].event_types) == [LIKE, CLICK]
     # an early non-positive event becomes part of the open impression
     st.event(ev("r3", "y", T0 + 10, type=DWELL))
     st.impression(imp("r3", "y", T0), partition=0)
-    assert st.entries[b"r3:y"][0] == OPEN and st.entries[b"r3:y"][4] == bytes([DWELL])
+    assert st.kind(b"r3:y") == OPEN and st.entry(b"r3:y")[4] == bytes([DWELL])
 
 
 def test_attribution_by_click_time_progress_by_server_time() -> None:
@@ -208,11 +208,13 @@ def test_delta_and_snapshot_round_trip() -> None:
     out = Out()
     st = make(out)
     st.impression(imp("r", "a", T0), partition=1)
+    st.event(ev("r", "a", T0 + 3, type=DWELL))  # an open impression with an event type
     st.event(ev("e", "b", T0 + 5, type=DWELL))
     st.impression(imp("d", "c", T0), partition=0)
     st.event(ev("d", "c", T0 + 5))
     first = st.take_delta()
     assert {sid for sid, _ in first} == {b"r:a", b"e:b", b"d:c"} and not st.dirty
+    assert dict(first)[b"r:a"] == st.entries[b"r:a"] and st.entry(b"r:a")[2:5] == (1, T0, bytes([DWELL]))
     st.event(ev("e", "b", T0 + 6))  # the early entry becomes positive
     st.advance(T0 + W)  # r:a closes (marker); e:b's early entry (positive at T0+6, close T0+W+6) stays
     second = st.take_delta()
@@ -221,7 +223,7 @@ def test_delta_and_snapshot_round_trip() -> None:
     restored.load(decode_entries(blob))
     assert restored.entries == st.entries
     assert (restored.n_open, restored.n_done) == (st.n_open, st.n_done)
-    assert restored.entries[b"r:a"][0] == DONE and restored.entries[b"e:b"][0] == EARLY
+    assert restored.kind(b"r:a") == DONE and restored.kind(b"e:b") == EARLY
     # the restored state keeps joining: the positive early entry's impression arrives
     out2 = Out()
     joined = make(out2)
@@ -254,23 +256,22 @@ def test_delta_log_and_older_blobs() -> None:
     restored = make(Out(), retention_ms=1_000)
     restored.load_blobs([blob])
     assert restored.entries == st.entries and set(st.entries) == {b"r:a", b"r:b", b"o:z"}
-    assert st.entries[b"r:b"][:4] == (DONE, T0 + 1 + W + 1_000, 1, T0 + 1 + W)
+    assert st.kind(b"r:b") == DONE and st.entries[b"r:b"] == (T0 + 1 + W) * 2 + 1  # a marker: window end * 2 + label
     st.advance(T0 + 2 * W + 1_001)  # o:z orphaned, both markers forgotten: three removals
     second = st.take_delta_blob()
-    assert [e for _, e in decode_entries(second, 1_000)] == [None, None, None]
+    assert [e for _, e in decode_entries(second)] == [None, None, None]
     restored.load_blobs([second])
     assert restored.entries == st.entries == {}
     assert st.take_delta_blob() == b"" and encode_log([], []) == b""
-    # one record per entry, as blobs were written before this format (a marker keeps its stored forget time)
+    # one record per entry, as blobs were written before this format
     head = struct.Struct("<BqqqHHI")
     old = (head.pack(DONE, 123, 1, 100, 3, 0, 0) + b"x:1" + head.pack(OPEN, 500, 2, 400, 3, 1, 4) + b"y:2" + b"\x04"
            + b"abcd" + head.pack(255, 0, 0, 0, 3, 0, 0) + b"x:1")
-    assert list(decode_entries(old + blob, 7)) == [(b"x:1", (DONE, 123, 1, 100, b"", b"")),
-                                                   (b"y:2", (OPEN, 500, 2, 400, b"\x04", b"abcd")), (b"x:1", None)] + list(
-        decode_entries(blob, 7))
+    assert list(decode_entries(old + blob)) == [(b"x:1", 201), (b"y:2", struct.pack("<qHB", 400, 2, 1) + b"\x04abcd"),
+                                                (b"x:1", None)] + list(decode_entries(blob))
     for cut in (1, 5, len(blob) // 2):
         with pytest.raises(ValueError):
-            list(decode_entries(blob[:-cut], 7))
+            list(decode_entries(blob[:-cut]))
 
 
 def test_recovered_samples_are_marked_and_replays_counted() -> None:
@@ -348,7 +349,7 @@ def test_samples_match_protobuf() -> None:
             sid = f"{im.request_id}:{im.item_id}"
             st.impression(im.SerializeToString(), partition=0, record_ts=T0 + 1)
             ts = im.timestamp_ms or T0 + 1
-            payload = st.entries[sid.encode()][5]
+            payload = st.entry(sid.encode())[5]
             mv = im.model_version.SerializeToString() if im.HasField("model_version") else None
             assert payload == encode_payload(sid.encode(), im.request_id.encode(), im.user_id.encode(), im.item_id.encode(),
                                              im.served_feature_id.encode(), im.position, mv, ts, fs)
