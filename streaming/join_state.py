@@ -356,8 +356,8 @@ class JoinState:
         mv_fields = self._mv_fields
         fs = self._fs_field
         features_base = 4 + len(fs)  # features = {1: sf, 2: item, 3: feature set}: 4 bytes of tags + lengths
-        L, KL, P, LO = _LEN, _KEY_LEN_B, _POSITION, _LOW14
-        hi_last, hi_bytes = -1, b""
+        L, Z, P, LO = _LEN, ZIGZAG, _POSITION, _LOW14
+        hi_last, hi_bytes, fixed = -1, b"", 0
         pack_ts = _INT64.pack
         part_head = _OPEN_HEAD.pack(0, partition, 0)[8:]  # the head after the time: partition, no types
         max_pending = self.max_pending
@@ -399,23 +399,32 @@ class JoinState:
             # the payload (see _payload): key + the sample's fixed fields, time last; the general case apart
             sf = m.served_feature_id
             mvf = mv_fields.get(m.model_version, _MISSING)
-            lu, li, lf = len(user), len(item), len(sf)
-            if (mvf is not _MISSING and ts >= 16384 and lu < 128 and li < 128 and lf < 128
+            ls, lu, lf = len(sid), len(user), len(sf)
+            if (mvf.__class__ is bytes and ts >= 16384 and ls < 128 and lu < 128 and lf < 128
                     and sid.isascii() and user.isascii() and sf.isascii()):
+                # every length one varint byte: the body's length is a sum (its record length precedes it)
                 hi = ts >> 14  # the time's varint: the low 14 bits from a table, the rest changes every 16 s
                 if hi != hi_last:
                     hi_last, hi_bytes = hi, _uvarint(hi)
+                    fixed = 11 + len(hi_bytes)  # the four ids' tags and lengths, the time's tag and bytes
+                li, lr = len(item), len(req)
                 try:
+                    pos = P[m.position]
                     if lf:
-                        entry = b"%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x4a%b\x0a%b%b\x12%b%b%b%b%b\x38%b%b" % (
-                            pack_ts(ts), part_head, KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user,
-                            L[li], item, L[lf + li + features_base], L[lf], sf, L[li], item, fs, P[m.position], mvf,
-                            LO[ts & 16383], hi_bytes)
+                        inner = lf + li + features_base
+                        body_len = fixed + ls + lr + lu + li + 2 + inner + len(pos) + len(mvf)
+                        entry = (b"%b%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x4a%b\x0a%b%b\x12%b%b%b%b%b\x38%b%b"
+                                 % (pack_ts(ts), part_head, Z[lu], user, Z[body_len + NEGATIVE_TAIL_LEN], L[ls], sid,
+                                    L[lr], req, L[lu], user, L[li], item, L[inner], L[lf], sf, L[li], item, fs, pos,
+                                    mvf, LO[ts & 16383], hi_bytes))
+                        if inner > 127:
+                            entry = None  # a two-byte length: not the sum above
                     else:
-                        entry = b"%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b%b%b\x38%b%b" % (
-                            pack_ts(ts), part_head, KL[lu], user, L[len(sid)], sid, L[len(req)], req, L[lu], user,
-                            L[li], item, P[m.position], mvf, LO[ts & 16383], hi_bytes)
-                except (IndexError, KeyError, TypeError):  # beyond the tables; a model version that did not decode
+                        body_len = fixed + ls + lr + lu + li + len(pos) + len(mvf)
+                        entry = b"%b%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b%b%b\x38%b%b" % (
+                            pack_ts(ts), part_head, Z[lu], user, Z[body_len + NEGATIVE_TAIL_LEN], L[ls], sid, L[lr],
+                            req, L[lu], user, L[li], item, pos, mvf, LO[ts & 16383], hi_bytes)
+                except KeyError:  # a position beyond the table
                     entry = None
             else:
                 entry = None
@@ -599,6 +608,7 @@ class JoinState:
         get = entries.get
         outs = self.out
         tail = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""  # joined_at_ms (12): the only label field
+        fast = len(tail) == NEGATIVE_TAIL_LEN  # what the payloads' value lengths count on
         window, retention = self.window_ms, self.retention_ms
         dirty_pop = self.dirty.pop
         head = _OPEN_HEAD.unpack_from
@@ -606,7 +616,7 @@ class JoinState:
         forgetting = self._forgetting
         f_lists, f_keys, f_ms = forgetting.lists, forgetting.keys, forgetting.ms
         last_fb, last_fl = None, None
-        last_p, out = None, None
+        last_p, run_append = None, None
         max_emitted = self.max_emitted
         n_open, n_done = self.n_open, self.n_done
         closed = 0
@@ -637,14 +647,20 @@ class JoinState:
                     self._close(sid, cause)
                     n_open = self.n_open
                     continue
-                at = _OPEN_HEAD_SIZE + nt
-                k = e[at] | e[at + 1] << 8
                 if p != last_p:
-                    out = outs.get(p)
-                    if out is None:
-                        out = outs[p] = []
+                    runs = outs.get(p)
+                    if runs is None:
+                        runs = outs[p] = {}
+                    run = runs.get(tail)
+                    if run is None:
+                        run = runs[tail] = []
+                    run_append = run.append
                     last_p = p
-                out.append((e[at + 2:at + 2 + k], e[at + 2 + k:] + tail, 0))
+                if fast:
+                    run_append(e[_OPEN_HEAD_SIZE + nt:])  # the record as kept: no copy of the sample but this one
+                else:
+                    key, body = payload_parts(e[_OPEN_HEAD_SIZE + nt:])
+                    self._run(p, b"").append(record_rest(key, body + tail))
                 forget = end + retention
                 entries[sid] = end << 1  # mark_emitted, inline
                 dirty_pop(sid, None)
@@ -822,29 +838,36 @@ class JoinState:
 
     def _emit_sample(self, sid: bytes, payload: bytes, partition: int, imp_ms: int, label: int, types: bytes,
                      click_ms: int) -> None:
-        n = payload[0] | payload[1] << 8
-        value = payload[2 + n:] + sample_tail(label, types, click_ms, self._now_ms)
-        out = self.out.get(partition)
-        if out is None:
-            out = self.out[partition] = []
-        out.append((payload[2:2 + n], value, label))
+        self._run(partition, b"").append(_with_tail(payload, sample_tail(label, types, click_ms, self._now_ms)))
         self.mark_emitted(sid, imp_ms + self.window_ms, label)
         if label:
             self.counts.positives += 1
         else:
             self.counts.negatives += 1
 
-    def take_output(self) -> dict[int, list[tuple[bytes, bytes, int]]]:
-        """The samples made since the last call: input partition -> [(key, value, label)] (with `emit` None)."""
+    def _run(self, partition: int, tail: bytes) -> list[bytes]:
+        runs = self.out.get(partition)
+        if runs is None:
+            runs = self.out[partition] = {}
+        run = runs.get(tail)
+        if run is None:
+            run = runs[tail] = []
+        return run
+
+    def take_output(self) -> dict[int, dict[bytes, list[bytes]]]:
+        """The samples made since the last call (with `emit` None), as Kafka records without their framing:
+        input partition -> {tail: [record rest]}; a record is its rest, then the tail, then the header count (see
+        :func:`record_rest`, :func:`iter_samples`). Negatives closed together share one tail (their joined_at
+        field) and are their payloads as they were kept; every other sample has its own rest and the tail b""."""
         out, self.out = self.out, {}
         return out
 
     def _deliver(self) -> None:
         if self.emit is not None and self.out:
             emit = self.emit
-            for partition, items in self.take_output().items():
-                for key, value, label in items:
-                    emit(value, key, partition, label)
+            for partition, runs in self.take_output().items():
+                for key, value in iter_samples(runs):
+                    emit(value, key, partition, int(_SlimSample.FromString(value).label >= 0.5))
 
     def mark_emitted(self, sid: bytes, window_end_ms: int, label: int) -> bool:
         """Record that `sid`'s sample is in the output (also used at recovery for samples found in the topic).
@@ -959,9 +982,13 @@ def _uvarint(n: int) -> bytes:
     return bytes(out)
 
 
+def _zigzag(n: int) -> bytes:
+    """A Kafka record varint (zigzag, as the record format writes lengths and deltas)."""
+    return _uvarint((n << 1) ^ (n >> 63))
+
+
 _LEN = [_uvarint(i) for i in range(1 << 14)]  # varints of lengths / small values: one lookup
-_KEY_LEN = struct.Struct("<H")
-_KEY_LEN_B = [_KEY_LEN.pack(i) for i in range(16_001)]  # user ids are at most 16,000 bytes (checked)
+ZIGZAG = [_zigzag(i) for i in range(1 << 14)]  # Kafka record varints of lengths / offset deltas: one lookup
 _POSITION = {0: b""} | {i: b"\x50" + _LEN[i] for i in range(1, 1 << 14)}  # LabeledSample.position (10) fields
 _LOW14 = [bytes((i & 127 | 128, i >> 7 | 128)) for i in range(1 << 14)]  # a time's first two varint bytes
 
@@ -981,17 +1008,97 @@ def _ld(data: bytes) -> bytes:
 
 def encode_payload(sid: bytes, request_id: bytes, user_id: bytes, item_id: bytes, served_feature_id: bytes,
                    position: int, model_version: bytes | None, imp_ms: int, feature_set: bytes = b"") -> bytes:
-    """An open impression's payload: the Kafka key (user id after a 2-byte length) and the fields of its
-    ``LabeledSample`` that do not depend on the label, as protobuf wire bytes.
+    """An open impression's payload: its negative sample's Kafka record after the offset delta, without the
+    joined_at field (NEGATIVE_TAIL_LEN bytes, appended when it closes) and the header count.
 
-    sample_id, request_id, user_id, item_id (1-4), features (9), position
-    (10), model_version (11; serialized, None: unset), impression_timestamp_ms
-    (7, last: protobuf reads fields in any order). `feature_set` is a
-    serialized ``FeatureSetRef`` (empty: unset). The general form of the
-    table-driven loop in :meth:`JoinState.impressions`, which makes the same
-    bytes (the tests compare both with the protobuf API).
+    That is: the key (user id) and the value, each after its length as a
+    record varint (:data:`ZIGZAG`; the value's counts the joined_at field),
+    the value being the fields of the ``LabeledSample`` that do not depend
+    on the label, as protobuf wire bytes: sample_id, request_id, user_id,
+    item_id (1-4), features (9), position (10), model_version (11;
+    serialized, None: unset), impression_timestamp_ms (7, last: protobuf
+    reads fields in any order). `feature_set` is a serialized
+    ``FeatureSetRef`` (empty: unset). Why this layout: a negative -- most
+    samples -- then goes out as this, the shared joined_at field and a few
+    bytes of framing (:mod:`streaming.sample_writer`), nothing re-encoded.
+    The general form of the table-driven loop in :meth:`JoinState.impressions`,
+    which makes the same bytes (the tests compare both with the protobuf API).
     """
-    out = [_KEY_LEN.pack(len(user_id)), user_id, b"\x0a", _ld(sid), sid, b"\x12", _ld(request_id), request_id,
+    return record_payload(user_id, encode_body(sid, request_id, user_id, item_id, served_feature_id, position,
+                                               model_version, imp_ms, feature_set))
+
+
+def record_payload(key: bytes, body: bytes) -> bytes:
+    """key and body in the payload layout (see :func:`encode_payload`)."""
+    return _zz(len(key)) + key + _zz(len(body) + NEGATIVE_TAIL_LEN) + body
+
+
+def _zz(n: int) -> bytes:
+    return ZIGZAG[n] if n < 16384 else _zigzag(n)
+
+
+def _read_zz(buf: bytes, pos: int) -> tuple[int, int]:
+    """A record varint at `pos` -> (value, position after it)."""
+    shift = raw = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        raw |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (raw >> 1) ^ -(raw & 1), pos
+        shift += 7
+
+
+def payload_parts(payload: bytes) -> tuple[bytes, bytes]:
+    """(Kafka key, sample body) of a payload (:func:`encode_payload`)."""
+    k, pos = _read_zz(payload, 0)
+    key = payload[pos:pos + k]
+    _, pos = _read_zz(payload, pos + k)
+    return key, payload[pos:]
+
+
+def record_rest(key: bytes, value: bytes) -> bytes:
+    """A Kafka record after its offset delta, up to the value's end (the header count follows): key and value
+    after their lengths."""
+    return _zz(len(key)) + key + _zz(len(value)) + value
+
+
+def iter_samples(runs: dict[bytes, list[bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of each sample in `runs` ({tail: [record rest]}, see :meth:`JoinState.take_output`)."""
+    for tail, rests in runs.items():
+        for rest in rests:
+            k, pos = _read_zz(rest, 0)
+            key = rest[pos:pos + k]
+            _, pos = _read_zz(rest, pos + k)
+            yield key, rest[pos:] + tail
+
+
+def _with_tail(payload: bytes, tail: bytes) -> bytes:
+    """The record rest of a payload's sample with the label fields `tail` (:func:`record_rest` of its key and
+    body + tail); the common case -- a one-byte key length, a two-byte value length either way -- without
+    decoding the payload."""
+    b0 = payload[0]
+    if b0 < 0x80:
+        at = 1 + (b0 >> 1)  # the value's length
+        b1, b2 = payload[at], payload[at + 1]
+        if b1 >= 0x80 and b2 < 0x80:
+            n = (((b1 & 0x7F) | b2 << 7) >> 1) - NEGATIVE_TAIL_LEN + len(tail)
+            if 64 <= n < 8192:
+                return b"%b%b%b%b" % (payload[:at], ZIGZAG[n], payload[at + 2:], tail)
+    key, body = payload_parts(payload)
+    return record_rest(key, body + tail)
+
+
+def _old_payload(payload: bytes) -> bytes:
+    """A payload as checkpoints stored it before the record layout (key after a 2-byte length, then the body)."""
+    n = payload[0] | payload[1] << 8
+    return record_payload(payload[2:2 + n], payload[2 + n:])
+
+
+def encode_body(sid: bytes, request_id: bytes, user_id: bytes, item_id: bytes, served_feature_id: bytes,
+                position: int, model_version: bytes | None, imp_ms: int, feature_set: bytes = b"") -> bytes:
+    """The label-independent fields of the sample (see :func:`encode_payload`)."""
+    out = [b"\x0a", _ld(sid), sid, b"\x12", _ld(request_id), request_id,
            b"\x1a", _ld(user_id), user_id, b"\x22", _ld(item_id), item_id]
     if served_feature_id:
         inner = b"\x0a%b%b\x12%b%b" % (_ld(served_feature_id), served_feature_id, _ld(item_id), item_id)
@@ -1007,17 +1114,12 @@ def encode_payload(sid: bytes, request_id: bytes, user_id: bytes, item_id: bytes
     return b"".join(out)
 
 
-def payload_parts(payload: bytes) -> tuple[bytes, bytes]:
-    """(Kafka key, sample body) of a payload."""
-    n = payload[0] | payload[1] << 8
-    return payload[2:2 + n], payload[2 + n:]
-
-
 _POSITIVE = b"\x2d\x00\x00\x80\x3f"  # label (5) = 1.0f
+NEGATIVE_TAIL_LEN = 7  # a negative's label fields: joined_at_ms (12), a time of 1971..2109 (0x60 + 6 bytes)
 
 
 def sample_tail(label: int, types: bytes, click_ms: int, joined_ms: int) -> bytes:
-    """label (5), event_types (6), click_timestamp_ms (8), joined_at_ms (12): appended to :func:`encode_body`.
+    """label (5), event_types (6), click_timestamp_ms (8), joined_at_ms (12): appended to the body.
 
     (Protobuf reads fields in any order; the message equals the one built with the API.)
     """
@@ -1135,10 +1237,11 @@ _BLOCK_MAGIC = 3
 _LOG = struct.Struct("<BIQ")  # 4, n, total sid bytes
 _LOG_MAGIC = 4
 _GONE = -(1 << 63)
-# An open block (byte 5): open impressions as they are kept: header (_OPEN_BLOCK), n uint32 sid lengths, n uint32
-# entry lengths, the sids, the entries.
-_OPEN_BLOCK = struct.Struct("<BIQQ")  # 5, n, total sid bytes, total entry bytes
-_OPEN_MAGIC = 5
+# An open block (byte 6): open impressions as they are kept: header (_OPEN_BLOCK), n uint32 sid lengths, n uint32
+# entry lengths, the sids, the entries. (Byte 5: the same, from before the payloads' record layout.)
+_OPEN_BLOCK = struct.Struct("<BIQQ")  # 6, n, total sid bytes, total entry bytes
+_OPEN_MAGIC = 6
+_OPEN_MAGIC_OLD = 5
 _HEAD = struct.Struct("<BqqqHHI")  # the older format: kind, a, b, c, len(sid), len(types), len(payload)
 _TOMB = (_TOMBSTONE, 0, 0, 0, b"", b"")
 _KINDS_OPEN = bytes((OPEN, EARLY, _TOMBSTONE))  # in a block of columns (written now: early events, tombstones)
@@ -1212,7 +1315,8 @@ def _as_tuple(e: Entry | None, window_ms: int, retention_ms: int) -> tuple[int, 
 
 
 def _open_entry(partition: int, imp_ms: int, types: bytes, payload: bytes) -> bytes:
-    return _OPEN_HEAD.pack(imp_ms, partition, len(types)) + types + payload
+    """An open impression's entry from a checkpoint written before the record layout."""
+    return _OPEN_HEAD.pack(imp_ms, partition, len(types)) + types + _old_payload(payload)
 
 
 def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[bytes, Entry | None]]:
@@ -1229,7 +1333,7 @@ def decode_entries(blob: bytes | memoryview) -> Iterator[tuple[bytes, Entry | No
             items, pos = _decode_log(mv, pos)
             yield from items
             continue
-        if mv[pos] == _OPEN_MAGIC:
+        if mv[pos] == _OPEN_MAGIC or mv[pos] == _OPEN_MAGIC_OLD:
             items, pos = _decode_open(mv, pos)
             yield from items
             continue
@@ -1281,6 +1385,7 @@ def _decode_log(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | Non
 
 
 def _decode_open(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | None]], int]:
+    start = pos
     if pos + _OPEN_BLOCK.size > len(mv):
         raise ValueError("truncated checkpoint open block header")
     _, n, n_sids, n_entries = _OPEN_BLOCK.unpack_from(mv, pos)
@@ -1304,6 +1409,9 @@ def _decode_open(mv: memoryview, pos: int) -> tuple[list[tuple[bytes, Entry | No
         pos += total
     if any(len(e) < _OPEN_HEAD_SIZE + 2 for e in out[1]):
         raise ValueError("corrupt checkpoint open block (an entry too short)")
+    if mv[start] == _OPEN_MAGIC_OLD:
+        heads = [_OPEN_HEAD_SIZE + e[_OPEN_HEAD_SIZE - 1] for e in out[1]]
+        out[1] = [e[:h] + _old_payload(e[h:]) for e, h in zip(out[1], heads)]
     return list(zip(out[0], out[1])), pos
 
 
@@ -1354,5 +1462,6 @@ def parse_sample_id(value: bytes) -> tuple[bytes, int, int] | None:
 
 
 __all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
-           "build_sample", "encode_log", "encode_open", "encode_payload", "event_type_numbers", "parse_sample_id", "payload_parts",
+           "ZIGZAG", "NEGATIVE_TAIL_LEN", "build_sample", "encode_body", "encode_log", "encode_open", "encode_payload",
+           "event_type_numbers", "iter_samples", "parse_sample_id", "payload_parts", "record_payload", "record_rest",
            "sample_id", "sample_tail"]

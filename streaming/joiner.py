@@ -246,9 +246,9 @@ class Joiner:
     def _write_output(self) -> None:
         """The samples the state made, to the writer (a poll's worth at a time)."""
         if self.state.out:
-            write, where = self.writer.write_many, self.out_partition  # type: ignore[union-attr]
-            for partition, items in self.state.take_output().items():
-                write(items, where.get(partition))
+            write, where = self.writer.write_runs, self.out_partition  # type: ignore[union-attr]
+            for partition, runs in self.state.take_output().items():
+                write(runs, where.get(partition))
 
     def start(self) -> None:
         """Connect, take over the group (epoch) and recover from the checkpoint. `run` calls it."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from itertools import repeat
 from typing import Any
 
 from crc32c import crc32c
@@ -22,6 +23,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from stack.clients import kafka_consumer, kafka_producer
+from streaming.join_state import ZIGZAG, iter_samples, record_rest
 
 
 class SampleWriteError(RuntimeError):
@@ -69,9 +71,9 @@ class SampleWriter:
         else:
             fut.add_errback(self._failed)
 
-    def write_many(self, items: Iterable[tuple[bytes, bytes, int]], partition: int | None = None) -> None:
-        """(key, value, label) triples, as :meth:`streaming.join_state.JoinState.take_output` hands them over."""
-        for key, value, _ in items:
+    def write_runs(self, runs: dict[bytes, list[bytes]], partition: int | None = None) -> None:
+        """Samples as :meth:`streaming.join_state.JoinState.take_output` hands them over ({tail: [record rest]})."""
+        for key, value in iter_samples(runs):
             self.write(value, key, partition)
 
     def flush(self) -> None:
@@ -116,7 +118,7 @@ def _zigzag_varint(n: int) -> bytes:
     return bytes(out)
 
 
-_VARINT = [_zigzag_varint(i) for i in range(1 << 14)]  # lengths and offset deltas below 16 KiB: one lookup
+_VARINT = ZIGZAG  # lengths and offset deltas below 16 KiB: one lookup
 _BATCH_TAIL = struct.Struct(">hiqqqhii")  # attributes .. record count: the part the CRC covers, before the records
 _BATCH_HEAD = struct.Struct(">qiibI")  # base offset, length, partition leader epoch, magic, crc
 
@@ -133,8 +135,9 @@ def encode_record_batch(records: list[bytes], timestamp_ms: int) -> bytes:
 
 
 def encode_record(index: int, key: bytes, value: bytes) -> bytes:
-    """One record of a batch: attributes 0, timestamp delta 0, offset delta `index`, no headers."""
-    body = b"".join((b"\x00\x00", _varint(index), _varint(len(key)), key, _varint(len(value)), value, b"\x00"))
+    """One record of a batch: attributes 0, timestamp delta 0, offset delta `index`, no headers (what
+    :meth:`BatchSampleWriter._ship` makes of a record rest, see :func:`streaming.join_state.record_rest`)."""
+    body = b"".join((b"\x00\x00", _varint(index), record_rest(key, value), b"\x00"))
     return _varint(len(body)) + body
 
 
@@ -161,6 +164,8 @@ class BatchSampleWriter:
 
         self._Request = ProduceRequest
         self.topic = topic
+        if not 0 < batch_records < 16384:
+            raise ValueError("batch_records must be in 1..16383")
         self.batch_records = batch_records
         self.batch_bytes = batch_bytes
         self.linger_s = linger_ms / 1000
@@ -179,33 +184,37 @@ class BatchSampleWriter:
             self.client.poll(future=self.client.cluster.request_update(), timeout_ms=500)
             parts = self.client.cluster.partitions_for_topic(topic)
         self.partitions = sorted(parts)
-        self._buf: dict[int, list[tuple[bytes, bytes, int]]] = {p: [] for p in self.partitions}
+        self._buf: dict[int, list[bytes]] = {p: [] for p in self.partitions}  # record rests
+        self._tails: dict[int, list[bytes]] = {p: [] for p in self.partitions}  # what follows each
         self._inflight: list[Any] = []
         self._error: BaseException | None = None
         self.sent = 0
 
     def write(self, value: bytes, key: bytes, partition: int | None = None) -> None:
-        self.write_many(((key, value, 0),), partition)
+        self.write_runs({b"": [record_rest(key, value)]}, partition)
 
-    def write_many(self, items: Iterable[tuple[bytes, bytes, int]], partition: int | None = None) -> None:
-        """(key, value, label) triples to `partition` (None: by the key's hash, as Kafka's default partitioner).
+    def write_runs(self, runs: dict[bytes, list[bytes]], partition: int | None = None) -> None:
+        """Samples as :meth:`streaming.join_state.JoinState.take_output` hands them over ({tail: [record rest]}) to
+        `partition` (None: by the key's hash, as Kafka's default partitioner).
 
-        Buffered as they are; encoded in :meth:`_ship`, a batch at a time.
+        Buffered as they are; framed into records and batches in :meth:`_ship`.
         """
         if partition is None:
             from kafka.partitioner.default import murmur2
 
             parts, n = self.partitions, len(self.partitions)
-            for item in items:
-                self.write_many((item,), parts[(murmur2(item[0]) & 0x7FFFFFFF) % n])
+            for key, value in iter_samples(runs):
+                self.write(value, key, parts[(murmur2(key) & 0x7FFFFFFF) % n])
             return
-        buf = self._buf[partition]
-        if not buf:
+        rests, tails = self._buf[partition], self._tails[partition]
+        if not rests:
             self._since[partition] = time.monotonic()
-        before = len(buf)
-        buf.extend(items)
-        self.sent += len(buf) - before
-        if len(buf) >= self.batch_records:
+        before = len(rests)
+        for tail, run in runs.items():
+            rests.extend(run)
+            tails.extend(repeat(tail, len(run)))
+        self.sent += len(rests) - before
+        if len(rests) >= self.batch_records:
             self._ship(partition, full_only=True)
 
     def poll(self) -> None:
@@ -220,34 +229,29 @@ class BatchSampleWriter:
             self._reap()
 
     def _ship(self, partition: int, full_only: bool = False) -> None:
-        """Encode the partition's buffered samples into record batches (at most `batch_records` records and about
-        `batch_bytes` each) and send each as a ProduceRequest; `full_only` leaves fewer than `batch_records` last
-        ones buffered (for the linger)."""
-        items = self._buf[partition]
-        V, limit, max_bytes = _VARINT, self.batch_records, self.batch_bytes
+        """Frame the partition's buffered samples into records and record batches (at most `batch_records` records
+        and about `batch_bytes` each) and send each as a ProduceRequest; `full_only` leaves fewer than
+        `batch_records` last ones buffered (for the linger)."""
+        rests, tails = self._buf[partition], self._tails[partition]
+        V, limit, max_bytes = ZIGZAG, self.batch_records, self.batch_bytes
         records: list[bytes] = []
         size = 0
-        left = len(items)
-        for key, value, _ in items:
+        left = len(rests)
+        for rest, tail in zip(rests, tails):
             idx = len(records)
             if not idx and full_only and left < limit:
-                self._buf[partition] = items[len(items) - left:]
+                self._buf[partition], self._tails[partition] = rests[-left:], tails[-left:]
                 return
             left -= 1
-            lk, lv = len(key), len(value)
-            try:  # encode_record, inline; lengths beyond the table take the general form
-                vi = V[idx]
-                vk, vv = V[lk], V[lv]
-                rec = b"".join((V[3 + len(vi) + len(vk) + lk + len(vv) + lv], b"\x00\x00", vi, vk, key, vv, value,
-                                b"\x00"))
-            except IndexError:
-                rec = encode_record(idx, key, value)
+            vi = V[idx]  # (batch_records < 16384: checked)
+            n = len(rest) + len(tail) + 3 + len(vi)  # attributes, timestamp delta, offset delta, .., header count
+            rec = b"".join((V[n] if n < 16384 else _zigzag_varint(n), b"\x00\x00", vi, rest, tail, b"\x00"))
             records.append(rec)
             size += len(rec)
             if idx + 1 >= limit or size >= max_bytes:
                 self._send(partition, records)
                 records, size = [], 0
-        self._buf[partition] = []
+        self._buf[partition], self._tails[partition] = [], []
         self._since.pop(partition, None)
         if records:
             self._send(partition, records)
@@ -338,6 +342,7 @@ class BatchSampleWriter:
         self._error = None
         self._inflight = []
         self._buf = {p: [] for p in self.partitions}
+        self._tails = {p: [] for p in self.partitions}
         self._since = {}
         try:
             self.client.poll(future=self.client.cluster.request_update(), timeout_ms=self.timeout_ms)

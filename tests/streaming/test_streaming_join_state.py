@@ -244,7 +244,7 @@ def test_delta_log_and_older_blobs() -> None:
     """The delta is the markers/removals log then the changed open entries; blobs of the older format still load."""
     import struct
 
-    from streaming.join_state import encode_log
+    from streaming.join_state import encode_log, encode_open, payload_parts, record_payload
 
     st = make(Out(), retention_ms=1_000)
     st.impression(imp("r", "a", T0), partition=0)
@@ -265,10 +265,16 @@ def test_delta_log_and_older_blobs() -> None:
     assert st.take_delta_blob() == b"" and encode_log([], []) == b""
     # one record per entry, as blobs were written before this format
     head = struct.Struct("<BqqqHHI")
-    old = (head.pack(DONE, 123, 1, 100, 3, 0, 0) + b"x:1" + head.pack(OPEN, 500, 2, 400, 3, 1, 4) + b"y:2" + b"\x04"
-           + b"abcd" + head.pack(255, 0, 0, 0, 3, 0, 0) + b"x:1")
-    assert list(decode_entries(old + blob)) == [(b"x:1", 201), (b"y:2", struct.pack("<qHB", 400, 2, 1) + b"\x04abcd"),
-                                                (b"x:1", None)] + list(decode_entries(blob))
+    old_payload = b"\x02\x00u1" + b"BODY"  # the key after a 2-byte length, then the sample's fields
+    old = (head.pack(DONE, 123, 1, 100, 3, 0, 0) + b"x:1" + head.pack(OPEN, 500, 2, 400, 3, 1, 8) + b"y:2" + b"\x04"
+           + old_payload + head.pack(255, 0, 0, 0, 3, 0, 0) + b"x:1")
+    opened = struct.pack("<qHB", 400, 2, 1) + b"\x04" + record_payload(b"u1", b"BODY")
+    assert list(decode_entries(old + blob)) == [(b"x:1", 201), (b"y:2", opened), (b"x:1", None)] + list(
+        decode_entries(blob))
+    assert payload_parts(opened[12:]) == (b"u1", b"BODY")
+    # an open block of the layout before (byte 5): its payloads are converted too
+    block = encode_open([b"y:2"], [struct.pack("<qHB", 400, 2, 1) + b"\x04" + old_payload])
+    assert list(decode_entries(b"\x05" + block[1:])) == [(b"y:2", opened)]
     for cut in (1, 5, len(blob) // 2):
         with pytest.raises(ValueError):
             list(decode_entries(blob[:-cut]))
