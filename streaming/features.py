@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,19 +126,14 @@ def main(argv: Sequence[str]) -> int:
         client.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    previous = {sig: signal.signal(sig, lambda *_: updater.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
     logging.getLogger(__name__).info("streaming features %s from %s", ", ".join(v.name for v in updater.views),
                                      ", ".join(updater.topics))
+    from featurestore.streaming.cli import run_until_signalled
+
     try:
-        if args.seconds is None and not args.until_idle:
-            stats = updater.run()
-        else:
-            stats = updater.run_for(args.seconds, until_idle=args.until_idle)
+        stats = run_until_signalled(updater, args.seconds, until_idle=args.until_idle)
     finally:
-        updater.close()
         client.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if args.json:
         print(json.dumps({k: v for k, v in vars(stats).items() if k != "per_view"}))
     else:

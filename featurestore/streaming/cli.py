@@ -24,6 +24,19 @@ from pathlib import Path
 from typing import Any
 
 
+def run_until_signalled(updater: Any, seconds: float | None, *, until_idle: bool = False) -> Any:
+    """Run `updater` (forever, for `seconds`, or until idle) with SIGINT/SIGTERM stopping it cleanly; closes it."""
+    previous = {sig: signal.signal(sig, lambda *_: updater.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if seconds is None and not until_idle:
+            return updater.run()
+        return updater.run_for(seconds, until_idle=until_idle)
+    finally:
+        updater.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cascade features stream",
                                 description="Apply the stream topics' events to the online store's window tiles.")
@@ -103,19 +116,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     store = OnlineStore(client, args.project or config.features.project, config.features.online_batch_keys)
     updater = StreamingUpdater(config, bootstrap, store, views, group_id=args.group, assign=args.assign,
                                format=args.format, log_interval_s=args.log_interval)
-    previous = {sig: signal.signal(sig, lambda *_: updater.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
     logging.getLogger(__name__).info("streaming %s from %s into %s", ", ".join(v.name for v in views),
                                      ", ".join(updater.topics), redis_url)
     try:
-        if args.seconds is None and not args.until_idle:
-            stats = updater.run()
-        else:
-            stats = updater.run_for(args.seconds, until_idle=args.until_idle)
+        stats = run_until_signalled(updater, args.seconds, until_idle=args.until_idle)
     finally:
-        updater.close()
         client.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if args.json:
         out = {k: v for k, v in vars(stats).items() if k != "per_view"}
         out["per_view"] = {name: vars(c) for name, c in stats.per_view.items()}
