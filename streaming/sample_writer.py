@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterator, Mapping
-from itertools import repeat
 from typing import Any
 
 from crc32c import crc32c
@@ -129,9 +128,38 @@ def _varint(n: int) -> bytes:
 
 def encode_record_batch(records: list[bytes], timestamp_ms: int) -> bytes:
     """Kafka record batch (magic 2, uncompressed, no producer id) of records made by :func:`encode_record`."""
-    n = len(records)
-    body = _BATCH_TAIL.pack(0, n - 1, timestamp_ms, timestamp_ms, -1, -1, -1, n) + b"".join(records)
+    return record_batch(b"".join(records), len(records), timestamp_ms)
+
+
+def record_batch(records: bytes, n: int, timestamp_ms: int) -> bytes:
+    """Kafka record batch (magic 2, uncompressed, no producer id) of `n` records, framed and concatenated."""
+    body = _BATCH_TAIL.pack(0, n - 1, timestamp_ms, timestamp_ms, -1, -1, -1, n) + records
     return _BATCH_HEAD.pack(0, len(body) + 9, 0, 2, crc32c(body)) + body
+
+
+_PREFIX = [b"\x00\x00" + _VARINT[i] for i in range(1 << 14)]  # attributes, timestamp delta, offset delta i
+
+
+def _frame(pieces: list[tuple[bytes, list[bytes]]], max_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """Records of batches from runs of record rests sharing a tail: (concatenated records, count) per batch of
+    at most `max_bytes` (a record larger than that alone). A record is its length, attributes, timestamp delta,
+    offset delta, the rest, the tail and a header count of 0."""
+    V, P = _VARINT, _PREFIX
+    parts: list[bytes] = []
+    n = size = 0
+    for tail, rests in pieces:
+        end = tail + b"\x00"
+        for rest in rests:
+            k = len(rest) + len(end) + (3 if n < 64 else 4)  # the record after its length
+            if size + k > max_bytes and n:
+                yield b"".join(parts), n
+                parts, n, size = [], 0, 0
+                k = len(rest) + len(end) + 3
+            parts += (V[k] if k < 16384 else _varint(k), P[n], rest, end)
+            n += 1
+            size += k + 3
+    if n:
+        yield b"".join(parts), n
 
 
 def encode_record(index: int, key: bytes, value: bytes) -> bytes:
@@ -164,8 +192,8 @@ class BatchSampleWriter:
 
         self._Request = ProduceRequest
         self.topic = topic
-        if not 0 < batch_records < 16384:
-            raise ValueError("batch_records must be in 1..16383")
+        if not 0 < batch_records <= 8192:
+            raise ValueError("batch_records must be in 1..8192")
         self.batch_records = batch_records
         self.batch_bytes = batch_bytes
         self.linger_s = linger_ms / 1000
@@ -184,8 +212,8 @@ class BatchSampleWriter:
             self.client.poll(future=self.client.cluster.request_update(), timeout_ms=500)
             parts = self.client.cluster.partitions_for_topic(topic)
         self.partitions = sorted(parts)
-        self._buf: dict[int, list[bytes]] = {p: [] for p in self.partitions}  # record rests
-        self._tails: dict[int, list[bytes]] = {p: [] for p in self.partitions}  # what follows each
+        self._runs: dict[int, list[tuple[bytes, list[bytes]]]] = {p: [] for p in self.partitions}  # (tail, rests)
+        self._count: dict[int, int] = dict.fromkeys(self.partitions, 0)
         self._inflight: list[Any] = []
         self._error: BaseException | None = None
         self.sent = 0
@@ -206,15 +234,17 @@ class BatchSampleWriter:
             for key, value in iter_samples(runs):
                 self.write(value, key, parts[(murmur2(key) & 0x7FFFFFFF) % n])
             return
-        rests, tails = self._buf[partition], self._tails[partition]
-        if not rests:
+        buffered = self._runs[partition]
+        if not buffered:
             self._since[partition] = time.monotonic()
-        before = len(rests)
-        for tail, run in runs.items():
-            rests.extend(run)
-            tails.extend(repeat(tail, len(run)))
-        self.sent += len(rests) - before
-        if len(rests) >= self.batch_records:
+        n = self._count[partition]
+        for tail, rests in runs.items():
+            if rests:
+                buffered.append((tail, rests))
+                n += len(rests)
+        self.sent += n - self._count[partition]
+        self._count[partition] = n
+        if n >= self.batch_records:
             self._ship(partition, full_only=True)
 
     def poll(self) -> None:
@@ -229,39 +259,37 @@ class BatchSampleWriter:
             self._reap()
 
     def _ship(self, partition: int, full_only: bool = False) -> None:
-        """Frame the partition's buffered samples into records and record batches (at most `batch_records` records
-        and about `batch_bytes` each) and send each as a ProduceRequest; `full_only` leaves fewer than
-        `batch_records` last ones buffered (for the linger)."""
-        rests, tails = self._buf[partition], self._tails[partition]
-        V, limit, max_bytes = ZIGZAG, self.batch_records, self.batch_bytes
-        records: list[bytes] = []
-        size = 0
-        left = len(rests)
-        for rest, tail in zip(rests, tails):
-            idx = len(records)
-            if not idx and full_only and left < limit:
-                self._buf[partition], self._tails[partition] = rests[-left:], tails[-left:]
-                return
-            left -= 1
-            vi = V[idx]  # (batch_records < 16384: checked)
-            n = len(rest) + len(tail) + 3 + len(vi)  # attributes, timestamp delta, offset delta, .., header count
-            rec = b"".join((V[n] if n < 16384 else _zigzag_varint(n), b"\x00\x00", vi, rest, tail, b"\x00"))
-            records.append(rec)
-            size += len(rec)
-            if idx + 1 >= limit or size >= max_bytes:
-                self._send(partition, records)
-                records, size = [], 0
-        self._buf[partition], self._tails[partition] = [], []
-        self._since.pop(partition, None)
-        if records:
-            self._send(partition, records)
+        """Frame the partition's buffered samples into record batches (at most `batch_records` records and about
+        `batch_bytes` each) and send each as a ProduceRequest; `full_only` leaves fewer than `batch_records` last
+        ones buffered (for the linger)."""
+        runs, count, limit = self._runs[partition], self._count[partition], self.batch_records
+        while count >= limit or (count and not full_only):
+            take, pieces = min(count, limit), []
+            need = take
+            while need:  # the first `take` records, run by run
+                tail, rests = runs[0]
+                if len(rests) <= need:
+                    pieces.append((tail, rests))
+                    del runs[0]
+                    need -= len(rests)
+                else:
+                    pieces.append((tail, rests[:need]))
+                    runs[0] = (tail, rests[need:])
+                    need = 0
+            count -= take
+            for body, n in _frame(pieces, self.batch_bytes):
+                self._send(partition, body, n)
+        self._count[partition] = count
+        if not count:
+            self._since.pop(partition, None)
 
-    def _send(self, partition: int, records: list[bytes]) -> None:
+    def _send(self, partition: int, records: bytes, n: int) -> None:
+        """One ProduceRequest: a batch of the `n` framed `records`."""
         R = self._Request
         request = R(transactional_id=None, acks=1, timeout_ms=self.timeout_ms, min_version=3, max_version=9,
                     topic_data=[R.TopicProduceData(name=self.topic, partition_data=[
                         R.TopicProduceData.PartitionProduceData(
-                            index=partition, records=encode_record_batch(records, int(time.time() * 1000)))])])
+                            index=partition, records=record_batch(records, n, int(time.time() * 1000)))])])
         client = self.client
         node = client.cluster.leader_for_partition(TopicPartition(self.topic, partition))
         if node is None or node == -1:
@@ -341,8 +369,8 @@ class BatchSampleWriter:
             raise SampleWriteError(f"{len(self._inflight)} produce requests to {self.topic!r} still in flight")
         self._error = None
         self._inflight = []
-        self._buf = {p: [] for p in self.partitions}
-        self._tails = {p: [] for p in self.partitions}
+        self._runs = {p: [] for p in self.partitions}
+        self._count = dict.fromkeys(self.partitions, 0)
         self._since = {}
         try:
             self.client.poll(future=self.client.cluster.request_update(), timeout_ms=self.timeout_ms)
