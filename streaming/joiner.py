@@ -387,8 +387,9 @@ class Joiner:
                 while not self._stop.is_set():
                     if deadline is not None and time.monotonic() >= deadline:
                         break
-                    got = self._step()
-                    if (until_idle or drain) and got == 0 and self._caught_up():
+                    self._step()
+                    # consumed to the end as of the last fetch responses: idle now, no empty poll (200 ms) to wait out
+                    if (until_idle or drain) and self._caught_up():
                         idle = True
                         if drain:
                             self.state.drain()
