@@ -312,10 +312,11 @@ class JoinState:
         self.n_done = 0  # DONE entries
         self._closing = Timeline()  # OPEN/EARLY sids by close time (stale items skipped)
         self._forgetting = Timeline()  # DONE sids by forget time
-        # The checkpoint's delta (take_delta_blob): OPEN and EARLY entries changed since the last one, with their
-        # value (an entry leaves when it closes), and markers and removals in order, as they happened: a marker as
-        # its value, a removal as _GONE.
-        self.dirty: dict[bytes, bytes] = {}  # OPEN
+        # The checkpoint's delta (take_delta_blob): the ids of OPEN entries made or changed since the last one (a
+        # list: an append is cheaper than keeping a dict; those closed since are skipped when the delta is taken),
+        # EARLY entries changed since, with their value (an entry leaves when it closes), and markers and removals
+        # in order, as they happened: a marker as its value, a removal as _GONE.
+        self.dirty: list[bytes] = []  # OPEN
         self.dirty_early: dict[bytes, tuple[int, int, int, int, bytes, bytes]] = {}
         self._log_sids: list[bytes] = []
         self._log_vals: list[int] = []
@@ -349,7 +350,7 @@ class JoinState:
         parse = _SlimImpression.FromString
         window = self.window_ms
         floor = self.floor_ms
-        dirty = self.dirty
+        dirty_add = self.dirty.append
         closing = self._closing
         closing_lists, closing_keys, bucket_ms = closing.lists, closing.keys, closing.ms
         last_b, last_list = None, None
@@ -434,7 +435,8 @@ class JoinState:
                     invalid += 1
                     continue
                 entry = _OPEN_HEAD.pack(ts, partition, 0) + payload
-            entries[sid] = dirty[sid] = entry
+            entries[sid] = entry
+            dirty_add(sid)
             b = close // bucket_ms  # self._closing.add(close, sid), inline
             if b == last_b:
                 last_list.append(sid)
@@ -475,7 +477,8 @@ class JoinState:
                 if pos_ms >= 0:
                     c.late_clicks += 1
                 self.dirty_early.pop(sid, None)
-                self.entries[sid] = self.dirty[sid] = _OPEN_HEAD.pack(ts, partition, len(e[4])) + e[4] + payload
+                self.entries[sid] = _OPEN_HEAD.pack(ts, partition, len(e[4])) + e[4] + payload
+                self.dirty.append(sid)
                 self._closing.add(close, sid)
         elif kind == DONE and sid in self.recovered:
             self.recovered.discard(sid)
@@ -548,8 +551,9 @@ class JoinState:
                 if positive:
                     self._emit_sample(sid, e[_OPEN_HEAD_SIZE + nt:], partition, imp_ms, 1, types, client_ms)
                 elif len(types) > nt:
-                    entries[sid] = dirty[sid] = (_OPEN_HEAD.pack(imp_ms, partition, len(types)) + types
-                                                 + e[_OPEN_HEAD_SIZE + nt:])
+                    entries[sid] = (_OPEN_HEAD.pack(imp_ms, partition, len(types)) + types
+                                    + e[_OPEN_HEAD_SIZE + nt:])
+                    dirty.append(sid)
             elif kind == EARLY:
                 types = e[4] if etype in e[4] else e[4] + bytes((etype,))
                 close = max(e[1], ts + window)
@@ -610,7 +614,6 @@ class JoinState:
         tail = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""  # joined_at_ms (12): the only label field
         fast = len(tail) == NEGATIVE_TAIL_LEN  # what the payloads' value lengths count on
         window, retention = self.window_ms, self.retention_ms
-        dirty_pop = self.dirty.pop
         head = _OPEN_HEAD.unpack_from
         log_sid, log_val = self._log_sids.append, self._log_vals.append
         forgetting = self._forgetting
@@ -663,7 +666,6 @@ class JoinState:
                     self._run(p, b"").append(record_rest(key, body + tail))
                 forget = end + retention
                 entries[sid] = end << 1  # mark_emitted, inline
-                dirty_pop(sid, None)
                 log_sid(sid)
                 log_val(end << 1)
                 fb = forget // f_ms  # self._forgetting.add(forget, sid), inline
@@ -882,7 +884,8 @@ class JoinState:
         self.entries[sid] = marker = window_end_ms << 1 | (1 if label else 0)
         self.n_done += 1
         if e is not None:
-            (self.dirty if e.__class__ is bytes else self.dirty_early).pop(sid, None)
+            if e.__class__ is tuple:
+                self.dirty_early.pop(sid, None)
         self._log_sids.append(sid)
         self._log_vals.append(marker)
         self._forgetting.add(window_end_ms + self.retention_ms, sid)
@@ -911,7 +914,15 @@ class JoinState:
         """
         sids, vals, dirty, early = self._log_sids, self._log_vals, self.dirty, self.dirty_early
         self.clear_delta()
-        return encode_log(sids, vals) + encode_open(list(dirty), list(dirty.values())) + encode_entries(list(early.items()))
+        if dirty:
+            dirty = list(dict.fromkeys(dirty))  # once each (an entry changed twice is listed twice)
+            opened = list(map(self.entries.get, dirty))
+            if any(e.__class__ is not bytes for e in opened):  # closed since (markers, in the log) or gone
+                dirty = [sid for sid, e in zip(dirty, opened) if e.__class__ is bytes]
+                opened = [e for e in opened if e.__class__ is bytes]
+        else:
+            opened = []
+        return encode_log(sids, vals) + encode_open(dirty, opened) + encode_entries(list(early.items()))
 
     def take_delta(self) -> list[tuple[bytes, Entry | None]]:
         """:meth:`take_delta_blob` as (sid, entry-or-None) pairs."""
@@ -919,7 +930,7 @@ class JoinState:
 
     def clear_delta(self) -> None:
         """Forget the changes since the last delta (a snapshot of the whole state was just written)."""
-        self._log_sids, self._log_vals, self.dirty, self.dirty_early = [], [], {}, {}
+        self._log_sids, self._log_vals, self.dirty, self.dirty_early = [], [], [], {}
 
     def snapshot(self) -> Iterator[tuple[bytes, Entry]]:
         return iter(self.entries.items())
