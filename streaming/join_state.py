@@ -312,14 +312,13 @@ class JoinState:
         self.n_done = 0  # DONE entries
         self._closing = Timeline()  # OPEN/EARLY sids by close time (stale items skipped)
         self._forgetting = Timeline()  # DONE sids by forget time
-        # The checkpoint's delta (take_delta_blob): the ids of OPEN entries made or changed since the last one (a
-        # list: an append is cheaper than keeping a dict; those closed since are skipped when the delta is taken),
-        # EARLY entries changed since, with their value (an entry leaves when it closes), and markers and removals
-        # in order, as they happened: a marker as its value, a removal as _GONE.
-        self.dirty: list[bytes] = []  # OPEN
+        # The checkpoint's delta (take_delta_blobs): OPEN and EARLY entries changed since the last one, with their
+        # value (an entry leaves when it closes; a list of ids to look up a second later costs cache misses), and
+        # markers and removals in order, as they happened (the log: a marker as its value, a removal as _GONE),
+        # written into the log block's columns at once, while the id is in the cache (see _Log).
+        self.dirty: dict[bytes, bytes] = {}  # OPEN
         self.dirty_early: dict[bytes, tuple[int, int, int, int, bytes, bytes]] = {}
-        self._log_sids: list[bytes] = []
-        self._log_vals: list[int] = []
+        self._log = _Log()
         self.watermark_ms = -(1 << 62)
         self.floor_ms = -(1 << 62)  # newest window end of a forgotten marker
         self.counts = counts if counts is not None else JoinCounts()  # shared across recoveries by the joiner
@@ -350,7 +349,7 @@ class JoinState:
         parse = _SlimImpression.FromString
         window = self.window_ms
         floor = self.floor_ms
-        dirty_add = self.dirty.append
+        dirty = self.dirty
         closing = self._closing
         closing_lists, closing_keys, bucket_ms = closing.lists, closing.keys, closing.ms
         last_b, last_list = None, None
@@ -435,8 +434,7 @@ class JoinState:
                     invalid += 1
                     continue
                 entry = _OPEN_HEAD.pack(ts, partition, 0) + payload
-            entries[sid] = entry
-            dirty_add(sid)
+            entries[sid] = dirty[sid] = entry
             b = close // bucket_ms  # self._closing.add(close, sid), inline
             if b == last_b:
                 last_list.append(sid)
@@ -477,8 +475,7 @@ class JoinState:
                 if pos_ms >= 0:
                     c.late_clicks += 1
                 self.dirty_early.pop(sid, None)
-                self.entries[sid] = _OPEN_HEAD.pack(ts, partition, len(e[4])) + e[4] + payload
-                self.dirty.append(sid)
+                self.entries[sid] = self.dirty[sid] = _OPEN_HEAD.pack(ts, partition, len(e[4])) + e[4] + payload
                 self._closing.add(close, sid)
         elif kind == DONE and sid in self.recovered:
             self.recovered.discard(sid)
@@ -551,9 +548,8 @@ class JoinState:
                 if positive:
                     self._emit_sample(sid, e[_OPEN_HEAD_SIZE + nt:], partition, imp_ms, 1, types, client_ms)
                 elif len(types) > nt:
-                    entries[sid] = (_OPEN_HEAD.pack(imp_ms, partition, len(types)) + types
-                                    + e[_OPEN_HEAD_SIZE + nt:])
-                    dirty.append(sid)
+                    entries[sid] = dirty[sid] = (_OPEN_HEAD.pack(imp_ms, partition, len(types)) + types
+                                                 + e[_OPEN_HEAD_SIZE + nt:])
             elif kind == EARLY:
                 types = e[4] if etype in e[4] else e[4] + bytes((etype,))
                 close = max(e[1], ts + window)
@@ -615,7 +611,9 @@ class JoinState:
         fast = len(tail) == NEGATIVE_TAIL_LEN  # what the payloads' value lengths count on
         window, retention = self.window_ms, self.retention_ms
         head = _OPEN_HEAD.unpack_from
-        log_sid, log_val = self._log_sids.append, self._log_vals.append
+        dirty_pop = self.dirty.pop
+        log = self._log
+        log_sids, log_len, log_val = log.sids, log.lengths.append, log.values.append
         forgetting = self._forgetting
         f_lists, f_keys, f_ms = forgetting.lists, forgetting.keys, forgetting.ms
         last_fb, last_fl = None, None
@@ -666,7 +664,9 @@ class JoinState:
                     self._run(p, b"").append(record_rest(key, body + tail))
                 forget = end + retention
                 entries[sid] = end << 1  # mark_emitted, inline
-                log_sid(sid)
+                dirty_pop(sid, None)
+                log_sids += sid  # self._log.add(sid, end << 1), inline
+                log_len(len(sid))
                 log_val(end << 1)
                 fb = forget // f_ms  # self._forgetting.add(forget, sid), inline
                 if fb == last_fb:
@@ -705,7 +705,8 @@ class JoinState:
         keys, lists, ms = tl.keys, tl.lists, tl.ms
         entries = self.entries
         get = entries.get
-        log_sid, log_val = self._log_sids.append, self._log_vals.append
+        log = self._log
+        log_sids, log_len, log_val = log.sids, log.lengths.append, log.values.append
         recovered = self.recovered
         floor = self.floor_ms
         retention = self.retention_ms
@@ -727,7 +728,8 @@ class JoinState:
                     keep.append(sid)
                     continue
                 del entries[sid]
-                log_sid(sid)
+                log_sids += sid
+                log_len(len(sid))
                 log_val(_GONE)
                 n += 1
                 if end > floor:
@@ -777,8 +779,7 @@ class JoinState:
                 c.overflow_orphans += 1
             del self.entries[sid]
             self.dirty_early.pop(sid, None)
-            self._log_sids.append(sid)
-            self._log_vals.append(_GONE)
+            self._log.add(sid, _GONE)
         return True
 
     def _overflow(self) -> None:
@@ -794,8 +795,7 @@ class JoinState:
             return False
         del self.entries[sid]
         self.n_done -= 1
-        self._log_sids.append(sid)
-        self._log_vals.append(_GONE)
+        self._log.add(sid, _GONE)
         self.recovered.discard(sid)
         if e >> 1 > self.floor_ms:
             self.floor_ms = e >> 1
@@ -884,10 +884,8 @@ class JoinState:
         self.entries[sid] = marker = window_end_ms << 1 | (1 if label else 0)
         self.n_done += 1
         if e is not None:
-            if e.__class__ is tuple:
-                self.dirty_early.pop(sid, None)
-        self._log_sids.append(sid)
-        self._log_vals.append(marker)
+            (self.dirty if e.__class__ is bytes else self.dirty_early).pop(sid, None)
+        self._log.add(sid, marker)
         self._forgetting.add(window_end_ms + self.retention_ms, sid)
         if self.n_done > self.max_emitted:
             self._evict_markers()
@@ -902,9 +900,10 @@ class JoinState:
                 self.counts.evicted_markers += 1
 
     # ------------------------------------------------------------------ persistence
-    def take_delta_blob(self) -> bytes:
-        """The changes since the last call, encoded (:func:`encode_entries`): applied in order after the state as
-        of the last call, they give the state now. Starts the next delta.
+    def take_delta_blobs(self) -> list[bytes]:
+        """The changes since the last call, encoded (:func:`encode_entries`; up to three blobs, stored as they
+        are: no copy into one): applied in order after the state as of the last call, they give the state now.
+        Starts the next delta.
 
         Markers and removals first, as logged (one id and one integer each:
         the bulk of a delta, cheap to write), then the open entries changed
@@ -912,25 +911,18 @@ class JoinState:
         among them: its marker or removal is in the log, and later); an open
         impression is stored as the bytes it is.
         """
-        sids, vals, dirty, early = self._log_sids, self._log_vals, self.dirty, self.dirty_early
+        log, dirty, early = self._log, self.dirty, self.dirty_early
         self.clear_delta()
-        if dirty:
-            dirty = list(dict.fromkeys(dirty))  # once each (an entry changed twice is listed twice)
-            opened = list(map(self.entries.get, dirty))
-            if any(e.__class__ is not bytes for e in opened):  # closed since (markers, in the log) or gone
-                dirty = [sid for sid, e in zip(dirty, opened) if e.__class__ is bytes]
-                opened = [e for e in opened if e.__class__ is bytes]
-        else:
-            opened = []
-        return encode_log(sids, vals) + encode_open(dirty, opened) + encode_entries(list(early.items()))
+        blobs = [log.blob(), encode_open(list(dirty), list(dirty.values())), encode_entries(list(early.items()))]
+        return [b for b in blobs if b]
 
     def take_delta(self) -> list[tuple[bytes, Entry | None]]:
-        """:meth:`take_delta_blob` as (sid, entry-or-None) pairs."""
-        return list(decode_entries(self.take_delta_blob()))
+        """:meth:`take_delta_blobs` as (sid, entry-or-None) pairs."""
+        return [item for blob in self.take_delta_blobs() for item in decode_entries(blob)]
 
     def clear_delta(self) -> None:
         """Forget the changes since the last delta (a snapshot of the whole state was just written)."""
-        self._log_sids, self._log_vals, self.dirty, self.dirty_early = [], [], [], {}
+        self._log, self.dirty, self.dirty_early = _Log(), {}, {}
 
     def snapshot(self) -> Iterator[tuple[bytes, Entry]]:
         return iter(self.entries.items())
@@ -1289,16 +1281,38 @@ def encode_entries(items: Iterable[tuple[bytes, Entry | None]]) -> bytes:
     return b"".join([head, bytes(map(_at[0], entries))] + [col.tobytes() for col in columns] + joined)
 
 
+class _Log:
+    """A log block being written: markers and removals, each added to the block's columns as it happens."""
+
+    __slots__ = ("sids", "lengths", "values")
+
+    def __init__(self) -> None:
+        self.sids = bytearray()
+        self.lengths = array("I")
+        self.values = array("q")
+
+    def add(self, sid: bytes, value: int) -> None:
+        self.sids += sid
+        self.lengths.append(len(sid))
+        self.values.append(value)
+
+    def blob(self) -> bytes:
+        if not self.lengths:
+            return b""
+        lengths, values = self.lengths, self.values
+        if _SWAP:
+            lengths, values = array("I", lengths), array("q", values)
+            lengths.byteswap()
+            values.byteswap()
+        return b"".join((_LOG.pack(_LOG_MAGIC, len(lengths), len(self.sids)), values, lengths, self.sids))
+
+
 def encode_log(sids: list[bytes], vals: list[int]) -> bytes:
     """A log block: markers (window end * 2 + label) and removals (_GONE) of `sids`, in order."""
-    if not sids:
-        return b""
-    columns = [array("q", vals), array("I", list(map(len, sids)))]
-    if _SWAP:
-        for col in columns:
-            col.byteswap()
-    joined = b"".join(sids)
-    return b"".join((_LOG.pack(_LOG_MAGIC, len(sids), len(joined)), columns[0].tobytes(), columns[1].tobytes(), joined))
+    log = _Log()
+    for sid, val in zip(sids, vals):
+        log.add(sid, val)
+    return log.blob()
 
 
 def encode_open(sids: list[bytes], entries: list[bytes]) -> bytes:
@@ -1306,12 +1320,11 @@ def encode_open(sids: list[bytes], entries: list[bytes]) -> bytes:
     if not sids:
         return b""
     columns = [array("I", list(map(len, sids))), array("I", list(map(len, entries)))]
+    head = _OPEN_BLOCK.pack(_OPEN_MAGIC, len(sids), sum(columns[0]), sum(columns[1]))
     if _SWAP:
         for col in columns:
             col.byteswap()
-    joined = [b"".join(sids), b"".join(entries)]
-    return b"".join([_OPEN_BLOCK.pack(_OPEN_MAGIC, len(sids), *map(len, joined)), columns[0].tobytes(),
-                     columns[1].tobytes()] + joined)
+    return b"".join([head, columns[0].tobytes(), columns[1].tobytes(), *sids, *entries])  # one copy of the entries
 
 
 def _as_tuple(e: Entry | None, window_ms: int, retention_ms: int) -> tuple[int, int, int, int, bytes, bytes] | None:

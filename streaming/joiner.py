@@ -490,9 +490,7 @@ class Joiner:
         self._write_output()  # e.g. what drain() closed
         self.writer.flush()  # SampleWriteError -> recovery
         out = self.tail.end_offsets()
-        delta = self.state.take_delta_blob()
-        if delta:
-            self._unsaved.append(delta)
+        self._unsaved += self.state.take_delta_blobs()
         pending_bytes = sum(len(d) for d in self._unsaved)
         compact = self._delta_bytes + pending_bytes > max(self.compact_min_bytes, 2 * self._snapshot_bytes)
         try:

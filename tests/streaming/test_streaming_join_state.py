@@ -252,17 +252,17 @@ def test_delta_log_and_older_blobs() -> None:
     st.event(ev("r", "b", T0 + 2))  # positive at once: a marker, the open entry leaves the delta
     st.event(ev("o", "z", T0 + 5, type=DWELL))  # early, later an orphan
     st.advance(T0 + W)  # r:a closes
-    blob = st.take_delta_blob()
+    blob = b"".join(st.take_delta_blobs())
     restored = make(Out(), retention_ms=1_000)
     restored.load_blobs([blob])
     assert restored.entries == st.entries and set(st.entries) == {b"r:a", b"r:b", b"o:z"}
     assert st.kind(b"r:b") == DONE and st.entries[b"r:b"] == (T0 + 1 + W) * 2 + 1  # a marker: window end * 2 + label
     st.advance(T0 + 2 * W + 1_001)  # o:z orphaned, both markers forgotten: three removals
-    second = st.take_delta_blob()
+    second = b"".join(st.take_delta_blobs())
     assert [e for _, e in decode_entries(second)] == [None, None, None]
     restored.load_blobs([second])
     assert restored.entries == st.entries == {}
-    assert st.take_delta_blob() == b"" and encode_log([], []) == b""
+    assert st.take_delta_blobs() == [] and encode_log([], []) == b""
     # one record per entry, as blobs were written before this format
     head = struct.Struct("<BqqqHHI")
     old_payload = b"\x02\x00u1" + b"BODY"  # the key after a 2-byte length, then the sample's fields
