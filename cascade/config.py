@@ -320,6 +320,7 @@ class StreamingConfig(_Section):
     joiner_poll_max_records: int = Field(5000, ge=1, description="Most records handled per consumer poll.")
     joiner_linger_ms: int = Field(50, ge=0, description="Samples wait at most this long (plus one poll) to be sent in a fuller batch.")
     joiner_fetch_max_wait_ms: int = Field(100, ge=0, description="Longest the broker holds a fetch of the inputs open (Kafka's default 500 ms adds that much latency on Tansu).")
+    joiner_fetch_partition_mb: float = Field(4.0, gt=0.0, description="Most data one fetch takes per input partition (Kafka's default 1 MB: the consumer fetches again only once its buffer is drained, and waits for it; fewer, larger fetches wait less).")
     joiner_key_prefix: str = Field("cascade:joiner", description="Namespace of the joiner's Redis checkpoint (one per joiner_group).")
     joiner_compact_min_mb: float = Field(64.0, gt=0.0, description="Checkpoint deltas are folded into a new snapshot once they exceed this and twice the snapshot.")
     joiner_feature_set: str = Field("", description="Feature set named in LabeledSample.features (version from the feature registry); empty: ranking.feature_set.")

@@ -149,6 +149,7 @@ def input_consumer_options(config: Any) -> dict[str, Any]:
     """KafkaConsumer settings of the joiner's input consumer (also the benchmark's raw-consume baseline)."""
     s = config.streaming
     return {"max_poll_records": s.joiner_poll_max_records, "fetch_max_wait_ms": s.joiner_fetch_max_wait_ms,
+            "max_partition_fetch_bytes": int(s.joiner_fetch_partition_mb * 1024 * 1024),
             "fetch_max_bytes": 16 * 1024 * 1024}
 
 
