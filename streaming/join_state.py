@@ -59,7 +59,7 @@ import sys
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from heapq import heappop, heappush
 from itertools import accumulate
@@ -333,7 +333,7 @@ class JoinState:
         """Feed one events-topic value; returns its time for the watermark (ms), or -1 if it was skipped."""
         return self.events((_Record((value, record_ts)),))
 
-    def impressions(self, records: Iterable[Any], partition: int) -> int:
+    def impressions(self, records: Sequence[Any], partition: int) -> int:
         """Feed impressions-topic records (``.value``, ``.timestamp``: Kafka ConsumerRecords) of one input partition.
 
         Returns the newest event time among the valid ones (-1: none). Only the
@@ -362,21 +362,22 @@ class JoinState:
         part_head = _OPEN_HEAD.pack(0, partition, 0)[8:]  # the head after the time: partition, no types
         max_pending = self.max_pending
         n_open = self.n_open
+        last_mv, last_mvf = None, None
         newest = -1
-        n = invalid = expired = 0
+        invalid = expired = 0
+        min_ms, max_ms = -_MAX_MS, _MAX_MS
         for rec in records:
-            n += 1
             try:
                 m = parse(rec.value)
             except _DECODE_ERRORS:
                 invalid += 1
                 continue
             req, item, user = m.request_id, m.item_id, m.user_id
-            if not req or not item or not user or len(user) > 16_000:  # ids are 1-128 bytes (common.proto)
+            if not req or not item or not user:  # (and ids of at most 16,000 bytes: the general case checks)
                 invalid += 1
                 continue
             ts = m.timestamp_ms or rec.timestamp
-            if not -_MAX_MS < ts < _MAX_MS:  # a time no clock makes; it would close every window
+            if not min_ms < ts < max_ms:  # a time no clock makes; it would close every window
                 invalid += 1
                 continue
             sid = req + b":" + item
@@ -398,7 +399,13 @@ class JoinState:
                 continue
             # the payload (see _payload): key + the sample's fixed fields, time last; the general case apart
             sf = m.served_feature_id
-            mvf = mv_fields.get(m.model_version, _MISSING)
+            mv = m.model_version
+            if mv != last_mv:  # (one model version for many impressions in a row)
+                last_mvf = mv_fields.get(mv, _MISSING)
+                if last_mvf is _MISSING:
+                    last_mvf = self._mv_field(m)
+                last_mv = mv
+            mvf = last_mvf
             ls, lu, lf = len(sid), len(user), len(sf)
             if (mvf.__class__ is bytes and ts >= 16384 and ls < 128 and lu < 128 and lf < 128
                     and sid.isascii() and user.isascii() and sf.isascii()):
@@ -454,7 +461,7 @@ class JoinState:
                 n_open = self.n_open
                 last_b = None  # the overflow may have emptied (and dropped) the cached bucket
         self.n_open = n_open
-        c.impressions += n
+        c.impressions += len(records)
         c.invalid += invalid
         c.expired_impressions += expired
         self._deliver()
@@ -493,6 +500,9 @@ class JoinState:
         get = entries.get
         dirty, dirty_early = self.dirty, self.dirty_early
         head = _OPEN_HEAD.unpack_from
+        outs, now_ms, retention = self.out, self._now_ms, self.retention_ms
+        log_add, forget_add = self._log.add, self._forgetting.add
+        positives = 0
         positive_types = self.positive
         window = self.window_ms
         newest = -1
@@ -545,8 +555,25 @@ class JoinState:
                 types = e[_OPEN_HEAD_SIZE:_OPEN_HEAD_SIZE + nt]
                 if etype not in types:
                     types += bytes((etype,))
-                if positive:
-                    self._emit_sample(sid, e[_OPEN_HEAD_SIZE + nt:], partition, imp_ms, 1, types, client_ms)
+                if positive:  # the sample, now (_emit_sample and mark_emitted, inline)
+                    rest = _with_tail(e[_OPEN_HEAD_SIZE + nt:], sample_tail(1, types, client_ms, now_ms))
+                    runs = outs.get(partition)
+                    if runs is None:
+                        runs = outs[partition] = {}
+                    run = runs.get(b"")
+                    if run is None:
+                        run = runs[b""] = []
+                    run.append(rest)
+                    end = imp_ms + window
+                    entries[sid] = end << 1 | 1
+                    dirty.pop(sid, None)
+                    log_add(sid, end << 1 | 1)
+                    forget_add(end + retention, sid)
+                    positives += 1
+                    self.n_done += 1
+                    self.n_open -= 1
+                    if self.n_done > self.max_emitted:
+                        self._evict_markers()
                 elif len(types) > nt:
                     entries[sid] = dirty[sid] = (_OPEN_HEAD.pack(imp_ms, partition, len(types)) + types
                                                  + e[_OPEN_HEAD_SIZE + nt:])
@@ -577,6 +604,7 @@ class JoinState:
         c.events += n
         c.invalid += invalid
         c.no_request_id += no_request
+        c.positives += positives
         self._deliver()
         return newest
 
@@ -813,6 +841,8 @@ class JoinState:
         decode -- what parsing the full ``Impression`` would have refused.
         """
         user, sf = m.user_id, m.served_feature_id
+        if len(user) > 16_000:  # ids are 1-128 bytes (common.proto)
+            return None
         mvf = self._mv_fields.get(m.model_version, _MISSING)
         if mvf is _MISSING:
             mvf = self._mv_field(m)
