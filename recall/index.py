@@ -76,6 +76,7 @@ class IndexParams:
     pq_m: int = 16
     pq_nbits: int = 8
     refine_factor: int = 16  # ivfpq: PQ candidates per result re-ranked exactly (0: no re-ranking)
+    refine_budget: int = 3000  # ivfpq: ...but no more than about this many in all (large k: factor shrinks, >= 2)
     auto_flat_max_items: int = 20_000  # auto: exact search up to this many items, IVF-PQ above
 
     def __post_init__(self) -> None:
@@ -109,7 +110,7 @@ class IndexParams:
 _CONFIG_FIELDS = {
     "kind": "index_kind", "metric": "metric", "hnsw_m": "hnsw_m", "hnsw_ef_construction": "hnsw_ef_construction",
     "hnsw_ef_search": "hnsw_ef_search", "ivf_nlist": "ivf_nlist", "ivf_nprobe": "ivf_nprobe", "pq_m": "pq_m",
-    "refine_factor": "ivf_refine_factor", "auto_flat_max_items": "auto_flat_max_items",
+    "refine_factor": "ivf_refine_factor", "refine_budget": "ivf_refine_budget", "auto_flat_max_items": "auto_flat_max_items",
 }
 
 
@@ -266,12 +267,33 @@ class ItemIndex:
         elif self.params.kind == "hnsw":  # cosine: L2 on unit vectors
             dist, rows = index.search(q, k)
             scores = 1.0 - dist * 0.5
+        elif index is self._index and isinstance(index, faiss.IndexRefine):
+            scores, rows = index.search(q, k, params=self._refine_params(k))
         else:
             scores, rows = index.search(q, k)
         found = rows >= 0
         ids = np.where(found, self.ids[np.where(found, rows, 0)], -1)
         scores = np.where(found, scores, -np.inf).astype(np.float32)
         return ids.astype(np.int64), scores
+
+    def refine_factor_for(self, k: int) -> int:
+        """Refine factor of a k-search: the configured one, shrunk to keep about ``refine_budget`` exact re-scores.
+
+        Measured (1M clustered 64-d items, nprobe 128, one thread): k = 750 with
+        factor 16 took p50 5.0 / p99 11.1 ms for recall@750 0.896; factor 4 took
+        2.2 / 4.2 ms for 0.880 -- the heap of k x factor PQ candidates, not the
+        exact re-scoring, is what grows. k = 100 keeps 16 (recall@100 0.91 vs 0.79).
+        """
+        factor = max(1, self.params.refine_factor)
+        return max(min(factor, 2), min(factor, -(-self.params.refine_budget // max(1, k))))
+
+    def _refine_params(self, k: int) -> Any:
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = float(self.refine_factor_for(k))
+        ivf = faiss.SearchParametersIVF()
+        ivf.nprobe = min(self.params.ivf_nprobe, faiss.extract_index_ivf(faiss.downcast_index(self._index.base_index)).nlist)
+        params.base_index_params = ivf
+        return params
 
     # ------------------------------------------------------------- properties
     def __len__(self) -> int:

@@ -110,3 +110,16 @@ def test_auto_kind_is_exact_for_small_catalogues_and_ivfpq_for_large(make_cluste
     large = ItemIndex.build(x, None, IndexParams(kind="auto", auto_flat_max_items=1000, ivf_nlist=32, ivf_nprobe=32, pq_m=4))
     assert large.kind == "ivfpq"
     assert IndexParams(kind="auto").resolved(10**6).kind == "ivfpq"
+
+
+def test_large_k_searches_shrink_the_refine_factor_to_the_budget(make_clustered) -> None:
+    x, q = make_clustered(4000, 16, clusters=40)
+    index = ItemIndex.build(x, None, IndexParams(kind="ivfpq", ivf_nlist=32, ivf_nprobe=8, pq_m=4, refine_factor=16,
+                                                 refine_budget=800))
+    assert index.refine_factor_for(10) == 16 and index.refine_factor_for(200) == 4 and index.refine_factor_for(5000) == 2
+    big = index.search(q, 200)[0]
+    same = ItemIndex.build(x, None, IndexParams(kind="ivfpq", ivf_nlist=32, ivf_nprobe=8, pq_m=4, refine_factor=4,
+                                                refine_budget=10**9))
+    assert np.array_equal(big, same.search(q, 200)[0])
+    truth = exact_search(x, q, 200)[0]
+    assert recall_at_k(big, truth) >= 0.8
