@@ -11,7 +11,7 @@ Cost. The joiner does this work for every record it consumes, in Python, so
 the per-record paths are loops over a poll's records with the state in local
 variables: only the fields the join and the sample need are decoded (slim
 message types, strings as bytes), an impression's sample is encoded once on
-arrival by one format over table lookups, and closing windows, emitting and
+arrival by one join of table lookups, and closing windows, emitting and
 marking are one inline loop. Sample ids are UTF-8 bytes.
 
 One entry per join key ``sample_id = "<request_id>:<item_id>"`` in one dict:
@@ -339,8 +339,8 @@ class JoinState:
         Returns the newest event time among the valid ones (-1: none). Only the
         fields the sample is made of are decoded (a slim message type: the rest
         of the record is skipped unparsed), and the sample's fixed part is
-        encoded here, once, in the common case by one format over table
-        lookups (see :func:`encode_payload` for the general case).
+        encoded here, once, in the common case by one join of table lookups
+        (see :func:`encode_payload` for the general case).
         """
         c = self.counts
         self._now_ms = self.clock_ms()
@@ -356,7 +356,9 @@ class JoinState:
         mv_fields = self._mv_fields
         fs = self._fs_field
         features_base = 4 + len(fs)  # features = {1: sf, 2: item, 3: feature set}: 4 bytes of tags + lengths
-        L, Z, P, LO = _LEN, ZIGZAG, _POSITION, _LOW14
+        Z, P, LO = ZIGZAG, _POSITION, _LOW14
+        T0A, T12, T1A, T22, T4A = _TAGGED  # a field's tag and one-byte length: one lookup
+        join = b"".join
         hi_last, hi_bytes, fixed = -1, b"", 0
         pack_ts = _INT64.pack
         part_head = _OPEN_HEAD.pack(0, partition, 0)[8:]  # the head after the time: partition, no types
@@ -420,18 +422,15 @@ class JoinState:
                     if lf:
                         inner = lf + li + features_base
                         body_len = fixed + ls + lr + lu + li + 2 + inner + len(pos) + len(mvf)
-                        entry = (b"%b%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b\x4a%b\x0a%b%b\x12%b%b%b%b%b\x38%b%b"
-                                 % (pack_ts(ts), part_head, Z[lu], user, Z[body_len + NEGATIVE_TAIL_LEN], L[ls], sid,
-                                    L[lr], req, L[lu], user, L[li], item, L[inner], L[lf], sf, L[li], item, fs, pos,
-                                    mvf, LO[ts & 16383], hi_bytes))
-                        if inner > 127:
-                            entry = None  # a two-byte length: not the sum above
+                        entry = join((pack_ts(ts), part_head, Z[lu], user, Z[body_len + NEGATIVE_TAIL_LEN],
+                                      T0A[ls], sid, T12[lr], req, T1A[lu], user, T22[li], item, T4A[inner],
+                                      T0A[lf], sf, T12[li], item, fs, pos, mvf, b"\x38", LO[ts & 16383], hi_bytes))
                     else:
                         body_len = fixed + ls + lr + lu + li + len(pos) + len(mvf)
-                        entry = b"%b%b%b%b%b\x0a%b%b\x12%b%b\x1a%b%b\x22%b%b%b%b\x38%b%b" % (
-                            pack_ts(ts), part_head, Z[lu], user, Z[body_len + NEGATIVE_TAIL_LEN], L[ls], sid, L[lr],
-                            req, L[lu], user, L[li], item, pos, mvf, LO[ts & 16383], hi_bytes)
-                except KeyError:  # a position beyond the table
+                        entry = join((pack_ts(ts), part_head, Z[lu], user, Z[body_len + NEGATIVE_TAIL_LEN],
+                                      T0A[ls], sid, T12[lr], req, T1A[lu], user, T22[li], item, pos, mvf, b"\x38",
+                                      LO[ts & 16383], hi_bytes))
+                except (KeyError, IndexError):  # a position beyond the table; features of 128 bytes or more
                     entry = None
             else:
                 entry = None
@@ -1023,6 +1022,7 @@ def _zigzag(n: int) -> bytes:
 _LEN = [_uvarint(i) for i in range(1 << 14)]  # varints of lengths / small values: one lookup
 ZIGZAG = [_zigzag(i) for i in range(1 << 14)]  # Kafka record varints of lengths / offset deltas: one lookup
 _POSITION = {0: b""} | {i: b"\x50" + _LEN[i] for i in range(1, 1 << 14)}  # LabeledSample.position (10) fields
+_TAGGED = [[bytes((tag,)) + _LEN[n] for n in range(128)] for tag in (0x0A, 0x12, 0x1A, 0x22, 0x4A)]
 _LOW14 = [bytes((i & 127 | 128, i >> 7 | 128)) for i in range(1 << 14)]  # a time's first two varint bytes
 
 
