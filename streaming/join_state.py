@@ -215,7 +215,7 @@ class JoinCounts:
 
 
 class Timeline:
-    """Sample ids by a time (close or forget), taken in time order: buckets of `bucket_ms` under a heap of buckets.
+    """Sample ids by a time (close, window end), taken in time order: buckets of 2**`shift` ms under a heap of them.
 
     Why not a heap of (time, id): a push and a pop cost ~1.5 us per impression,
     twice (close, then forget); a bucket is a list append. Items are not
@@ -227,15 +227,15 @@ class Timeline:
     :meth:`pop_first`.
     """
 
-    __slots__ = ("ms", "lists", "keys")
+    __slots__ = ("shift", "lists", "keys")
 
-    def __init__(self, bucket_ms: int = 100) -> None:
-        self.ms = bucket_ms
+    def __init__(self, shift: int = 7) -> None:
+        self.shift = shift  # (a shift, not a division: times are big ints)
         self.lists: dict[int, deque[bytes]] = {}
         self.keys: list[int] = []  # heap of bucket numbers
 
     def add(self, t: int, sid: bytes) -> None:
-        b = t // self.ms
+        b = t >> self.shift
         lst = self.lists.get(b)
         if lst is None:
             self.lists[b] = deque((sid,))
@@ -243,20 +243,29 @@ class Timeline:
         else:
             lst.append(sid)
 
+    def merge(self, b: int, sids: deque[bytes]) -> None:
+        """Add the ids of a bucket of another timeline with the same buckets (taken over if `b` is new here)."""
+        lst = self.lists.get(b)
+        if lst is None:
+            self.lists[b] = sids
+            heapq.heappush(self.keys, b)
+        else:
+            lst.extend(sids)
+
     def next_time(self) -> int:
         """Start of the earliest bucket (a lower bound of the next time); a huge number when empty."""
-        return self.keys[0] * self.ms if self.keys else 1 << 62
+        return self.keys[0] << self.shift if self.keys else 1 << 62
 
     def pop_first(self, time_of: Callable[[bytes], int | None]) -> bytes | None:
         """The oldest id (by bucket, then insertion), removed; None when empty."""
-        keys, lists, ms = self.keys, self.lists, self.ms
+        keys, lists, shift = self.keys, self.lists, self.shift
         while keys:
             b = keys[0]
             lst = lists[b]
             while lst:
                 sid = lst.popleft()
                 t = time_of(sid)
-                if t is not None and t // ms == b:
+                if t is not None and t >> shift == b:
                     return sid
             heapq.heappop(keys)
             del lists[b]
@@ -311,7 +320,9 @@ class JoinState:
         self.n_open = 0  # OPEN + EARLY entries
         self.n_done = 0  # DONE entries
         self._closing = Timeline()  # OPEN/EARLY sids by close time (stale items skipped)
-        self._forgetting = Timeline()  # DONE sids by forget time
+        # DONE sids by window end (forgotten at window end + retention): a closed bucket of _closing (an open
+        # impression closes at its window end) is handed over as it is, no add per sample
+        self._forgetting = Timeline()
         # The checkpoint's delta (take_delta_blobs): OPEN and EARLY entries changed since the last one, with their
         # value (an entry leaves when it closes; a list of ids to look up a second later costs cache misses), and
         # markers and removals in order, as they happened (the log: a marker as its value, a removal as _GONE),
@@ -351,7 +362,7 @@ class JoinState:
         floor = self.floor_ms
         dirty = self.dirty
         closing = self._closing
-        closing_lists, closing_keys, bucket_ms = closing.lists, closing.keys, closing.ms
+        closing_lists, closing_keys, shift = closing.lists, closing.keys, closing.shift
         last_b, last_list = None, None
         mv_fields = self._mv_fields
         fs = self._fs_field
@@ -441,7 +452,7 @@ class JoinState:
                     continue
                 entry = _OPEN_HEAD.pack(ts, partition, 0) + payload
             entries[sid] = dirty[sid] = entry
-            b = close // bucket_ms  # self._closing.add(close, sid), inline
+            b = close >> shift  # self._closing.add(close, sid), inline
             if b == last_b:
                 last_list.append(sid)
             else:
@@ -499,7 +510,7 @@ class JoinState:
         get = entries.get
         dirty, dirty_early = self.dirty, self.dirty_early
         head = _OPEN_HEAD.unpack_from
-        outs, now_ms, retention = self.out, self._now_ms, self.retention_ms
+        outs, now_ms = self.out, self._now_ms
         log_add, forget_add = self._log.add, self._forgetting.add
         positives = 0
         positive_types = self.positive
@@ -567,7 +578,7 @@ class JoinState:
                     entries[sid] = end << 1 | 1
                     dirty.pop(sid, None)
                     log_add(sid, end << 1 | 1)
-                    forget_add(end + retention, sid)
+                    forget_add(end, sid)
                     positives += 1
                     self.n_done += 1
                     self.n_open -= 1
@@ -616,7 +627,7 @@ class JoinState:
         self._now_ms = self.clock_ms()
         if self._closing.next_time() <= wm:
             self._close_due(wm, "watermark")
-        if self._forgetting.next_time() <= wm:
+        if self._forgetting.next_time() + self.retention_ms <= wm:
             self._forget_due(wm)
         self._deliver()
 
@@ -627,41 +638,40 @@ class JoinState:
         self._deliver()
 
     def _close_due(self, wm: int, cause: str) -> None:
-        """Close every OPEN/EARLY entry whose close time is <= `wm`: `_closing.pop_due` and `_close` for each,
-        inline for the common case (an open impression becomes a negative sample and a marker)."""
+        """Close every OPEN/EARLY entry whose close time is <= `wm` (``_close`` for each, inline for the common
+        case: an open impression becomes a negative sample and a marker); each bucket taken goes on to
+        `_forgetting` as it is (its markers' window end is their close time)."""
         tl = self._closing
-        keys, lists, ms = tl.keys, tl.lists, tl.ms
+        keys, lists, shift = tl.keys, tl.lists, tl.shift
         entries = self.entries
         get = entries.get
         outs = self.out
         tail = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""  # joined_at_ms (12): the only label field
         fast = len(tail) == NEGATIVE_TAIL_LEN  # what the payloads' value lengths count on
-        window, retention = self.window_ms, self.retention_ms
+        window, H = self.window_ms, _OPEN_HEAD_SIZE
         head = _OPEN_HEAD.unpack_from
         dirty_pop = self.dirty.pop
         log = self._log
         log_sids, log_len, log_val = log.sids, log.lengths.append, log.values.append
         forgetting = self._forgetting
-        f_lists, f_keys, f_ms = forgetting.lists, forgetting.keys, forgetting.ms
-        last_fb, last_fl = None, None
         last_p, run_append = None, None
-        max_emitted = self.max_emitted
-        n_open, n_done = self.n_open, self.n_done
+        n_open = self.n_open
         closed = 0
-        while keys and keys[0] * ms <= wm:
+        while keys and keys[0] << shift <= wm:
             b = keys[0]
+            bucket = lists[b]
             keep = None
-            for sid in lists[b]:
+            for sid in bucket:
                 e = get(sid)
                 cls = e.__class__
                 if cls is bytes:
                     imp_ms, p, nt = head(e)
                     end = imp_ms + window
-                    if end // ms != b:
+                    if end >> shift != b:
                         continue  # stale (an impression re-read after early events closed and went)
                 elif cls is tuple:  # early events
                     end = e[1]
-                    if end // ms != b:
+                    if end >> shift != b:
                         continue  # stale: its close time moved to a later bucket
                 else:
                     continue  # stale: closed (a marker) or gone
@@ -685,51 +695,42 @@ class JoinState:
                     run_append = run.append
                     last_p = p
                 if fast:
-                    run_append(e[_OPEN_HEAD_SIZE + nt:])  # the record as kept: no copy of the sample but this one
+                    run_append(e[H + nt:])  # the record as kept: no copy of the sample but this one
                 else:
-                    key, body = payload_parts(e[_OPEN_HEAD_SIZE + nt:])
+                    key, body = payload_parts(e[H + nt:])
                     self._run(p, b"").append(record_rest(key, body + tail))
-                forget = end + retention
-                entries[sid] = end << 1  # mark_emitted, inline
+                marker = end << 1
+                entries[sid] = marker  # mark_emitted, inline
                 dirty_pop(sid, None)
-                log_sids += sid  # self._log.add(sid, end << 1), inline
+                log_sids += sid  # self._log.add(sid, marker), inline
                 log_len(len(sid))
-                log_val(end << 1)
-                fb = forget // f_ms  # self._forgetting.add(forget, sid), inline
-                if fb == last_fb:
-                    last_fl.append(sid)
-                else:
-                    last_fl = f_lists.get(fb)
-                    if last_fl is None:
-                        last_fl = f_lists[fb] = deque()
-                        heappush(f_keys, fb)
-                    last_fl.append(sid)
-                    last_fb = fb
+                log_val(marker)
                 closed += 1
                 n_open -= 1
-                n_done += 1
-                if n_done > max_emitted:
-                    self.n_open, self.n_done = n_open, n_done
-                    self._evict_markers()
-                    n_open, n_done = self.n_open, self.n_done
-                    last_fb = None  # eviction may have emptied (and dropped) the cached bucket
             if keep:  # the bucket `wm` falls in
                 lists[b] = keep
+            else:
+                heappop(keys)
+                del lists[b]
+            forgetting.merge(b, bucket)  # (its ids still open or gone are skipped there)
+            self.n_open = n_open
+            self.n_done += closed
+            c = self.counts
+            c.negatives += closed
+            if cause == "watermark":
+                c.closed_watermark += closed
+            else:
+                c.closed_drain += closed
+            closed = 0
+            if self.n_done > self.max_emitted:
+                self._evict_markers()
+            if keep:
                 break
-            heappop(keys)
-            del lists[b]
-        self.n_open, self.n_done = n_open, n_done
-        c = self.counts
-        c.negatives += closed
-        if cause == "watermark":
-            c.closed_watermark += closed
-        else:
-            c.closed_drain += closed
 
     def _forget_due(self, wm: int) -> None:
-        """Forget every marker whose forget time is <= `wm` (`_forgetting.pop_due` and `_forget`, inline)."""
+        """Forget every marker whose forget time (window end + retention) is <= `wm` (``_forget`` for each, inline)."""
         tl = self._forgetting
-        keys, lists, ms = tl.keys, tl.lists, tl.ms
+        keys, lists, shift = tl.keys, tl.lists, tl.shift
         entries = self.entries
         get = entries.get
         log = self._log
@@ -738,7 +739,7 @@ class JoinState:
         floor = self.floor_ms
         retention = self.retention_ms
         n = 0
-        while keys and keys[0] * ms <= wm:
+        while keys and (keys[0] << shift) + retention <= wm:
             b = keys[0]
             keep = None
             for sid in lists[b]:
@@ -746,10 +747,9 @@ class JoinState:
                 if e.__class__ is not int:
                     continue
                 end = e >> 1
-                t = end + retention
-                if t // ms != b:
+                if end >> shift != b:
                     continue
-                if t > wm:
+                if end + retention > wm:
                     if keep is None:
                         keep = deque()
                     keep.append(sid)
@@ -777,9 +777,9 @@ class JoinState:
         cls = e.__class__
         return _OPEN_HEAD.unpack_from(e)[0] + self.window_ms if cls is bytes else e[1] if cls is tuple else None
 
-    def _forget_time(self, sid: bytes) -> int | None:
+    def _window_end(self, sid: bytes) -> int | None:
         e = self.entries.get(sid)
-        return (e >> 1) + self.retention_ms if e.__class__ is int else None
+        return e >> 1 if e.__class__ is int else None
 
     def _close(self, sid: bytes, cause: str) -> bool:
         e = self.entries.get(sid)
@@ -915,14 +915,14 @@ class JoinState:
         if e is not None:
             (self.dirty if e.__class__ is bytes else self.dirty_early).pop(sid, None)
         self._log.add(sid, marker)
-        self._forgetting.add(window_end_ms + self.retention_ms, sid)
+        self._forgetting.add(window_end_ms, sid)
         if self.n_done > self.max_emitted:
             self._evict_markers()
         return True
 
     def _evict_markers(self) -> None:
         while self.n_done > self.max_emitted:
-            sid = self._forgetting.pop_first(self._forget_time)
+            sid = self._forgetting.pop_first(self._window_end)
             if sid is None:
                 return
             if self._forget(sid):
@@ -983,12 +983,11 @@ class JoinState:
     def _rebuild(self) -> None:
         self.n_open = self.n_done = 0
         self._closing, self._forgetting = Timeline(), Timeline()
-        retention = self.retention_ms
         for sid, e in self.entries.items():
             cls = e.__class__
             if cls is int:
                 self.n_done += 1
-                self._forgetting.add((e >> 1) + retention, sid)
+                self._forgetting.add(e >> 1, sid)
             else:
                 self.n_open += 1
                 self._closing.add(_OPEN_HEAD.unpack_from(e)[0] + self.window_ms if cls is bytes else e[1], sid)
