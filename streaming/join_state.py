@@ -419,15 +419,15 @@ class JoinState:
                     last_mvf = self._mv_field(m)
                 last_mv = mv
             mvf = last_mvf
-            ls, lu, lf = len(sid), len(user), len(sf)
-            if (mvf.__class__ is bytes and ts >= 16384 and ls < 128 and lu < 128 and lf < 128
+            lr, li, lu, lf = len(req), len(item), len(user), len(sf)
+            ls = lr + 1 + li
+            if (mvf.__class__ is bytes and ts >= 16384 and ls | lu | lf < 128  # (all below 128)
                     and sid.isascii() and user.isascii() and sf.isascii()):
                 # every length one varint byte: the body's length is a sum (its record length precedes it)
                 hi = ts >> 14  # the time's varint: the low 14 bits from a table, the rest changes every 16 s
                 if hi != hi_last:
                     hi_last, hi_bytes = hi, _uvarint(hi)
                     fixed = 11 + len(hi_bytes)  # the four ids' tags and lengths, the time's tag and bytes
-                li, lr = len(item), len(req)
                 try:
                     pos = P[m.position]
                     if lf:
@@ -510,7 +510,8 @@ class JoinState:
         get = entries.get
         dirty, dirty_early = self.dirty, self.dirty_early
         head = _OPEN_HEAD.unpack_from
-        outs, now_ms = self.out, self._now_ms
+        outs = self.out
+        joined = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""
         log_add, forget_add = self._log.add, self._forgetting.add
         positives = 0
         positive_types = self.positive
@@ -566,7 +567,7 @@ class JoinState:
                 if etype not in types:
                     types += bytes((etype,))
                 if positive:  # the sample, now (_emit_sample and mark_emitted, inline)
-                    rest = _with_tail(e[_OPEN_HEAD_SIZE + nt:], sample_tail(1, types, client_ms, now_ms))
+                    rest = _with_tail(e[_OPEN_HEAD_SIZE + nt:], positive_tail(types, client_ms, joined))
                     runs = outs.get(partition)
                     if runs is None:
                         runs = outs[partition] = {}
@@ -1156,13 +1157,17 @@ def sample_tail(label: int, types: bytes, click_ms: int, joined_ms: int) -> byte
     (Protobuf reads fields in any order; the message equals the one built with the API.)
     """
     joined = b"\x60" + _time_varint(joined_ms) if joined_ms else b""
-    if not label:
-        return joined
-    out = _POSITIVE
-    if types:
+    return positive_tail(types, click_ms, joined) if label else joined
+
+
+def positive_tail(types: bytes, click_ms: int, joined: bytes) -> bytes:
+    """:func:`sample_tail` of a positive, its joined_at_ms field (`joined`) made already."""
+    if types.isascii():  # every type below 128: one varint byte each, the bytes themselves
+        packed = types
+    else:
         packed = b"".join(_LEN[t] if 0 <= t < 16384 else _uvarint(t) for t in types)
-        out += b"\x32%b%b" % (_ld(packed), packed)
-    return out + b"\x40" + _time_varint(click_ms) + joined  # click: optional, present for positives even when 0
+    # click: optional, present for positives even when 0
+    return b"".join((_POSITIVE, b"\x32", _ld(packed), packed, b"\x40", _time_varint(click_ms), joined))
 
 
 def build_sample(sid: bytes, imp: Impression, imp_ms: int, label: int, types: bytes, click_ms: int, joined_ms: int,
@@ -1516,5 +1521,5 @@ def parse_sample_id(value: bytes) -> tuple[bytes, int, int] | None:
 
 __all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
            "ZIGZAG", "NEGATIVE_TAIL_LEN", "build_sample", "encode_body", "encode_log", "encode_open", "encode_payload",
-           "event_type_numbers", "iter_samples", "parse_sample_id", "payload_parts", "record_payload", "record_rest",
+           "event_type_numbers", "iter_samples", "parse_sample_id", "payload_parts", "positive_tail", "record_payload", "record_rest",
            "sample_id", "sample_tail"]
