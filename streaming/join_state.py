@@ -2,17 +2,21 @@
 
 Pure logic, no I/O: :class:`JoinState` is fed raw Kafka values
 (``records_pb2.Impression`` and ``events_pb2.Event``) a poll at a time, is
-told the watermark, and hands finished samples over as (key, value) bytes
-(:meth:`JoinState.take_output`, or an ``emit`` callback). :mod:`streaming.joiner`
+told the watermark, and hands finished samples over as Kafka records without
+their framing (:meth:`JoinState.take_output`), or as (value, key) to an
+``emit`` callback. :mod:`streaming.joiner`
 wires it to Kafka and Redis. Everything here is deterministic given the inputs,
 so it is unit-tested without servers.
 
 Cost. The joiner does this work for every record it consumes, in Python, so
 the per-record paths are loops over a poll's records with the state in local
 variables: only the fields the join and the sample need are decoded (slim
-message types, strings as bytes), an impression's sample is encoded once on
-arrival by one join of table lookups, and closing windows, emitting and
-marking are one inline loop. Sample ids are UTF-8 bytes.
+message types, strings as bytes), an impression's negative sample is encoded
+once on arrival, as the Kafka record it becomes, by one join of table
+lookups; closing windows, emitting and marking are one inline loop, and the
+checkpoint's delta is written as it happens (markers) or kept as it is (open
+impressions). State entries are bytes and ints, never tuples, for the hot
+kinds: no work for the garbage collector. Sample ids are UTF-8 bytes.
 
 One entry per join key ``sample_id = "<request_id>:<item_id>"`` in one dict:
 
@@ -46,9 +50,10 @@ beyond it the entry closing soonest closes now (an impression as a negative,
 early events as orphans), counted as ``overflow``.
 
 The state changes since the last checkpoint are taken with
-:meth:`JoinState.take_delta` (the final value of each touched key, or None
-when it was removed) and stored by :mod:`streaming.join_checkpoint`;
-:func:`encode_entries` / :func:`decode_entries` are their wire form.
+:meth:`JoinState.take_delta_blobs` (applied in order after the state as of
+the last checkpoint, they give the state now) and stored by
+:mod:`streaming.join_checkpoint`; :func:`encode_entries` /
+:func:`decode_entries` are their wire form (earlier forms still load).
 """
 
 from __future__ import annotations
