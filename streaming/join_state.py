@@ -517,6 +517,9 @@ class JoinState:
         head = _OPEN_HEAD.unpack_from
         outs = self.out
         joined = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""
+        L, Z, LO, join = _LEN, ZIGZAG, _LOW14, b"".join
+        hi_last, hi_bytes = -1, b""
+        last_p, run_append = None, None
         log_add, forget_add = self._log.add, self._forgetting.add
         positives = 0
         positive_types = self.positive
@@ -572,18 +575,37 @@ class JoinState:
                 if etype not in types:
                     types += bytes((etype,))
                 if positive:  # the sample, now (_emit_sample and mark_emitted, inline)
-                    rest = _with_tail(e[_OPEN_HEAD_SIZE + nt:], positive_tail(types, client_ms, joined))
-                    runs = outs.get(partition)
-                    if runs is None:
-                        runs = outs[partition] = {}
-                    run = runs.get(b"")
-                    if run is None:
-                        run = runs[b""] = []
-                    run.append(rest)
+                    at = _OPEN_HEAD_SIZE + nt
+                    if 16384 <= client_ms < _MAX_MS and len(types) < 128 and types.isascii():  # (positive_tail)
+                        hi = client_ms >> 14
+                        if hi != hi_last:
+                            hi_last, hi_bytes = hi, _uvarint(hi)
+                        tail = join((_POSITIVE, b"\x32", L[len(types)], types, b"\x40", LO[client_ms & 16383],
+                                     hi_bytes, joined))
+                    else:
+                        tail = positive_tail(types, client_ms, joined)
+                    b0 = e[at]  # the payload's value length, rewritten for this tail (_with_tail)
+                    k = at + 1 + (b0 >> 1)
+                    if b0 < 0x80 and e[k] >= 0x80 and e[k + 1] < 0x80:
+                        n = (((e[k] & 0x7F) | e[k + 1] << 7) >> 1) - NEGATIVE_TAIL_LEN + len(tail)
+                        rest = join((e[at:k], Z[n], e[k + 2:], tail)) if 64 <= n < 8192 else None
+                    else:
+                        rest = None
+                    if rest is None:
+                        rest = _with_tail(e[at:], tail)
+                    if partition != last_p:
+                        runs = outs.get(partition)
+                        if runs is None:
+                            runs = outs[partition] = {}
+                        run = runs.get(b"")
+                        if run is None:
+                            run = runs[b""] = []
+                        run_append, last_p = run.append, partition
+                    run_append(rest)
                     end = imp_ms + window
-                    entries[sid] = end << 1 | 1
+                    entries[sid] = marker = end << 1 | 1
                     dirty.pop(sid, None)
-                    log_add(sid, end << 1 | 1)
+                    log_add(sid, marker)
                     forget_add(end, sid)
                     positives += 1
                     self.n_done += 1
