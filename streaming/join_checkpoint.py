@@ -26,7 +26,8 @@ from typing import Any
 
 import redis
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"  # blobs of columns (streaming.join_state); "2" (one record per entry) still loads
+_READABLE = ("2", "3")
 _PAGE = 8  # list elements per LRANGE when loading (each up to a chunk)
 
 
@@ -66,9 +67,9 @@ class JoinCheckpoint:
         if not raw:
             return None
         meta = {k.decode() if isinstance(k, bytes) else k: json.loads(v) for k, v in raw.items()}
-        if str(meta.get("version")) != FORMAT_VERSION:
+        if str(meta.get("version")) not in _READABLE:
             raise ValueError(f"checkpoint {self.meta_key} has format {meta.get('version')!r}, "
-                             f"this joiner reads {FORMAT_VERSION!r}; reset it (cascade streaming join --reset)")
+                             f"this joiner reads {', '.join(_READABLE)}; reset it (cascade streaming join --reset)")
         return StoredCheckpoint(meta, self._list(self.snapshot_key), self._list(self.deltas_key))
 
     def _list(self, key: str) -> list[bytes]:

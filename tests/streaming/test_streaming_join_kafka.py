@@ -153,6 +153,30 @@ def test_send_failure_recovers_in_process(setup, stack, redis, unique_prefix: st
     assert labels(samples(bs, cfg, topics.samples)) == {f"r{i}:a": int(i % 3 == 0) for i in range(10)}
 
 
+def test_a_checkpoint_of_the_previous_format_loads(redis, unique_prefix: str) -> None:  # noqa: ANN001
+    import json
+    import struct
+
+    from streaming.join_checkpoint import JoinCheckpoint
+    from streaming.join_state import DONE, OPEN, JoinState, payload_parts
+
+    cp = JoinCheckpoint(redis, unique_prefix, "old-format")
+    epoch = cp.acquire()
+    head = struct.Struct("<BqqqHHI")  # one record per entry; an open impression's key after a 2-byte length
+    blob = (head.pack(DONE, T0 + 99, 1, T0 + 9, 3, 0, 0) + b"a:1"
+            + head.pack(OPEN, T0 + 50, 1, T0 + 40, 3, 0, 8) + b"b:2" + b"\x02\x00u1BODY")
+    cp.compact(epoch, [blob], {"watermark_ms": T0, "floor_ms": 0})
+    redis.hset(cp.meta_key, "version", json.dumps("2"))
+    state = JoinState(window_ms=10, positive_types=frozenset({1}), max_pending=10, max_emitted=10, retention_ms=5,
+                      emit=None)
+    state.load_blobs(cp.load().blobs)
+    assert state.entry(b"a:1")[:4] == (DONE, T0 + 9 + 5, 1, T0 + 9)
+    assert state.entry(b"b:2")[:4] == (OPEN, T0 + 50, 1, T0 + 40) and payload_parts(state.entry(b"b:2")[5]) == (b"u1", b"BODY")
+    redis.hset(cp.meta_key, "version", json.dumps("1"))
+    with pytest.raises(ValueError, match="reset it"):
+        cp.load()
+
+
 def test_a_second_joiner_fences_the_first(setup, stack, redis, unique_prefix: str) -> None:  # noqa: ANN001
     cfg, topics = setup
     bs = stack.kafka_bootstrap
