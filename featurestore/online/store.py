@@ -20,10 +20,11 @@ import redis
 
 try:
     from hiredis import ProtocolError as _ProtocolError
+    from hiredis import PushNotification as _Push
     from hiredis import Reader as _Reader
     from hiredis import pack_command as _pack_command
 except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
-    _pack_command = _Reader = None
+    _pack_command = _Reader = _Push = None
 
     class _ProtocolError(Exception):  # type: ignore[no-redef]
         pass
@@ -95,22 +96,24 @@ _STATUS_NAMES = {s.value: s for s in FeatureStatus}
 
 
 def _lean_capable(client: Any) -> bool:
-    """Whether reads may parse replies off the socket themselves: RESP2 (no push messages can interleave),
-    no client-side cache, redis-py's own socket connections, hiredis installed."""
+    """Whether reads may parse replies off the socket themselves: redis-py's own socket connections, hiredis
+    installed, no client-side cache (its invalidations are RESP3 pushes on the same connections). RESP2 or
+    RESP3 (redis-py 8's default): a push message met anyway sends the read back through redis-py."""
     if _Reader is None:
         return False
     pool = getattr(client, "connection_pool", None)
     if pool is None or getattr(pool, "cache", None) is not None:
         return False
-    if pool.connection_kwargs.get("protocol") not in (None, 2, "2"):
+    if pool.connection_kwargs.get("protocol") not in (None, 2, 3, "2", "3"):
         return False
     cls = getattr(pool, "connection_class", None)
     return isinstance(cls, type) and issubclass(cls, redis.connection.AbstractConnection)
 
 
 def _read_replies(sock: Any, count: int, buf: bytearray) -> Iterator[Any]:
-    """`count` RESP2 replies read off `sock` with a hiredis Reader, each as soon as it is complete; error
-    replies come back as values."""
+    """`count` replies (RESP2 or RESP3) read off `sock` with a hiredis Reader, each as soon as it is complete;
+    error replies come back as values. A RESP3 push message (a server notice this reader does not act on)
+    raises hiredis' ProtocolError: the caller drops the connection and redoes the read through redis-py."""
     reader = _Reader(replyError=redis.exceptions.ResponseError)
     left = count
     while left:
@@ -120,6 +123,8 @@ def _read_replies(sock: Any, count: int, buf: bytearray) -> Iterator[Any]:
             if not n:
                 raise ConnectionResetError("the server closed the connection mid-reply")
             reader.feed(buf, 0, n)
+        elif isinstance(reply, _Push):
+            raise _ProtocolError(f"a RESP3 push message arrived between replies: {reply[:1]!r}")
         else:
             left -= 1
             yield reply

@@ -7,6 +7,7 @@ back to redis-py when the connection misbehaves.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -201,3 +202,38 @@ def test_a_decode_error_drops_the_connection_instead_of_reusing_it(redis, unique
     assert not redis.connection_pool._in_use_connections
     assert store.read(ACTIVITY, ["1", "2"], now=T0).to_rows() == \
         OnlineStore(redis, unique_prefix, lean_reads=False).read(ACTIVITY, ["1", "2"], now=T0).to_rows()
+
+
+# -- the reply reader on byte streams (featurestore.online.store._read_replies)
+
+def _parse(data: bytes, count: int, chunk: int) -> list:
+    import socket
+
+    from featurestore.online.store import _read_replies
+
+    a, b = socket.socketpair()
+    try:
+        sender = threading.Thread(target=lambda: [a.sendall(data[i: i + chunk]) for i in range(0, len(data), chunk)])
+        sender.start()
+        out = list(_read_replies(b, count, bytearray(64)))
+        sender.join()
+        return out
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100_000])
+def test_replies_are_read_in_any_pieces_resp2_and_resp3(chunk: int) -> None:
+    v = bytes(range(200, 240))
+    data = b"*3\r\n$40\r\n" + v + b"\r\n$-1\r\n$0\r\n\r\n" + b"*2\r\n_\r\n$40\r\n" + v + b"\r\n" + b"-ERR no\r\n"
+    got = _parse(data, 3, chunk)
+    assert got[:2] == [[v, None, b""], [None, v]]
+    assert isinstance(got[2], redis_py.exceptions.ResponseError)
+
+
+def test_a_push_message_between_replies_is_refused() -> None:
+    from hiredis import ProtocolError
+
+    with pytest.raises(ProtocolError, match="push"):
+        _parse(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nx\r\n*1\r\n$1\r\na\r\n", 1, 100)
