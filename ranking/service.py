@@ -43,29 +43,35 @@ MODEL_KIND_HEURISTIC and version ``heuristic:<name>`` for a heuristic fallback).
 
 Latency of one 1,000-candidate call, and why
 --------------------------------------------
-``bench rank_service --quick``, the code before and after these changes run back to back on this
-2-core machine (server-side means from the service's own histograms; other processes used 2% of
-the CPU during the "before" run, 35% during the "after" one):
+``bench rank_service --quick`` on this 2-core machine with no other work on it (other processes
+under 1% of the CPU during each run), before these changes (BENCHMARKS.md, 2026-11-28 09:37) and
+after (two runs, 12:25 and 12:26; server-side means from the service's own histograms):
 
-=========================  ==========  =========  ==================================================
-stage                      before      after      what changed
-=========================  ==========  =========  ==================================================
-features (one read)        9.4 ms      2.7 ms     each distinct entity fetched and decoded once (the
-                                                  user's rows were decoded 1,000 times), absent
-                                                  window state not decoded, genre lists decoded once
-                                                  per read, lean MGETs (``featurestore.online``)
-encode                     1.8 ms      1.1 ms     numeric fields as one matrix, one-value columns
-                                                  hashed once (``ranking.encoding``)
-inference                  9.0 ms      3.9 ms     the artifact's INT8 ONNX model (``ranking.int8``,
-                                                  ``ranking.backends.serving_backend``: AUC -0.0002)
-Rank p50 / p99 (client)    22.8/31.0   9.6/16.6
-=========================  ==========  =========  ==================================================
+=========================  ===========  ===========  =================================================
+stage                      before       after        what changed
+=========================  ===========  ===========  =================================================
+features (one read)        10.4 ms      2.7 ms       each distinct entity fetched and decoded once (the
+                                                     user's rows were decoded 1,000 times), absent
+                                                     window state not decoded, genre lists decoded once
+                                                     per read, lean MGETs (``featurestore.online``)
+encode                     1.9 ms       1.15 ms      numeric fields as one matrix, one-value columns
+                                                     hashed once (``ranking.encoding``)
+inference                  9.6 ms       3.9 ms       the artifact's INT8 ONNX model (``ranking.int8``,
+                                                     ``ranking.backends.serving_backend``: AUC -0.0002)
+Rank p50 / p99 (client)    24.9 / 33.9  9.5-10.0 /   the goal is p99 <= 15 ms
+                                        13.6-15.2
+=========================  ===========  ===========  =================================================
 
-Not done, with numbers: the item-row cache (``features.online_cache_ttl_ms``; hit rate 0.93 with
-the bench's draws) took the feature stage from 4.6 to 4.0 ms mean and p50 from 18.0 to 17.6 ms in
-an interleaved run -- too little for features up to 1 s stale, so it stays off. In that bench the
-MovieLens windows are empty (1997-98 data); with every user and item holding full window state the
-in-process read of 1,000 candidates is 7.8 ms instead of 3.1 ms (``read_1000_live_windows_p50_ms``).
+The same code before and after, run back to back (other processes: 2% of the CPU during the
+"before" run, 35% during the "after" one): p50 22.8 -> 9.6 ms, p99 31.0 -> 16.6 ms.
+
+Not done, with numbers: the item-row cache (``features.online_cache_ttl_ms``, 1 s; hit rate
+0.95-0.96 with the bench's draws) took the feature stage from 3.6 / 3.2 to 2.7 / 2.3 ms mean and
+p50 down by 0.8-0.9 ms in interleaved runs on the quiet machine -- for features up to 1 s stale; it
+stays off, the lever if more margin is needed. In that bench the MovieLens windows are empty
+(1997-98 data); with every user and item holding full window state the in-process read of 1,000
+candidates is 6.2-7.0 ms instead of 2.6 ms (``read_1000_live_windows_p50_ms``), the window
+arithmetic (85 slots x 1,000 items) being most of the difference.
 
 Admin (ModelAdminService)
 -------------------------

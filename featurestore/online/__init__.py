@@ -135,11 +135,11 @@ Optional row cache (`featurestore.online.cache`, off by default): views keyed by
 ``features.online_cache_entities`` (items) are served from an in-process cache of their stored
 rows for at most ``features.online_cache_ttl_ms`` (<= 1 s) after Redis returned them, so their
 features may be that stale. Measured with ``bench rank_service`` (two ranking servers, every
-request to both in turn, candidates drawn as the bench draws them: 1,000 of 1,682 items, ~30
-requests/s each, ttl 1 s; other processes under 1% of the CPU): hit rate 0.93, the server's
-feature stage 4.60 -> 4.03 ms mean, Rank p50 17.96 -> 17.59 ms (three other runs: 0.5-1.5 ms less
-feature time). Decoding is not cached, so that is the whole gain; too small for the staleness to
-be the default.
+request to both in turn, candidates drawn as the bench draws them: 1,000 of 1,682 items, ~40
+requests/s each, ttl 1 s; two runs with no other work on the machine): hit rate 0.95-0.96, the
+server's feature stage 3.64 -> 2.70 and 3.15 -> 2.29 ms mean, Rank p50 13.29 -> 12.42 and
+11.25 -> 10.48 ms (loaded runs: 0.6-1.5 ms less feature time). Decoding is not cached, so that is
+the whole gain; not enough for stale features to be the default.
 """
 
 from featurestore.online.cache import RowCache
