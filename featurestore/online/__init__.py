@@ -119,14 +119,13 @@ stored list (genres) is decoded once per read however many rows hold it. Replies
 view is decoded while Redis still answers the next one.
 
 Measured (`bench/online_features.py`, full run, 3,000 requests of 1,000 entities x 20 features,
-other processes using 21% of the CPU during it -- absolute times ~50% above the earlier quiet
-runs, so compare within the run): read p50 2.21 / p99 4.17 ms against raw MGET 1.71 / 3.57 ms:
-0.784 of the raw MGET's values/s (0.739 before these changes) and 0.855 of its p99 (0.78 before).
-The same store with ``lean_reads=False`` (key strings, hiredis ``pack_command``, redis-py's reply
-path) in the same run: p50 2.25 / p99 4.37 ms, 1.02x the lean path's mean time -- in a live
-read, packing 1,000 ids costs ~0.2 ms either way (micro-benchmarks of the packer promised 3x),
-so most of the client's remaining ~0.4 ms is packing and decoding, not redis-py. Tried and
-dropped: parsing fixed-size values in place (numpy checks of every value's header instead of a
+100k entities, no other work on the machine, 2026-11-28 12:28): read p50 1.54 / p99 2.30 ms
+against raw MGET 1.14 / 1.67 ms, 0.738 of the raw MGET's values/s -- the same as before these
+changes (1.57 / 2.19 ms, 0.739, at 09:46). The same store with ``lean_reads=False`` (key strings,
+hiredis ``pack_command``, redis-py's reply path) in the same run: p50 1.60 / p99 2.42 ms, 1.04x the
+lean path's mean time. So the client's ~0.4 ms over the raw MGET is not redis-py: packing 1,000
+ids costs ~0.2 ms in a live read either way (micro-benchmarks of the packer promised 3x), decoding
+and the result ~0.15 ms. Tried and dropped: parsing fixed-size values in place (numpy checks of every value's header instead of a
 bytes object per value): 1.2 ms less for a 1,000-item ring reply alone, but the same 5.1-5.3 ms
 per windowed read as hiredis in an interleaved A/B -- there the client's ~2.3 ms over the raw
 MGET is the window arithmetic (~1.5 ms for 85 slots x 1,000 items), not the transport.
