@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from bench.stats import percentiles, rate
 from cascade.config import Config
@@ -115,35 +114,12 @@ def _server_main(redis_url: str, items_path: str, conn: Any, embedding_root: str
 
 
 def _sample_features(paths: Any, store: Any, repo: Any, end_ms: int, n_users: int, seed: int = 0) -> tuple[list[int], float]:
-    """Write the online features of `n_users` active users (their last 30 days of clicks); returns them and seconds."""
-    import duckdb
+    """Write the online features of `n_users` active users (feed.synthetic's sampler); returns them and seconds."""
+    from feed.synthetic import sample_user_features
 
     t0 = time.perf_counter()
-    con = duckdb.connect()
-    try:
-        lo = end_ms - 30 * _DAY_MS
-        users = con.sql(f"""
-            SELECT user_id FROM read_parquet('{paths.events}')
-            WHERE epoch_ms(event_ts) >= {lo} GROUP BY user_id HAVING count(*) >= 3
-            ORDER BY hash(user_id + {seed}) LIMIT {n_users}
-        """).fetchnumpy()["user_id"]
-        con.register("sample", pa.table({"user_id": users}))
-        ev = con.sql(f"""
-            SELECT e.user_id, e.item_id, epoch_ms(e.event_ts) AS ts FROM read_parquet('{paths.events}') e
-            JOIN sample s USING (user_id) WHERE epoch_ms(e.event_ts) >= {lo} AND epoch_ms(e.event_ts) < {end_ms}
-        """).fetchnumpy()
-        prof = con.sql(f"""
-            SELECT u.user_id, CAST(u.home_category AS VARCHAR) AS home_category, u.event_ts
-            FROM read_parquet('{paths.users}') u JOIN sample s USING (user_id)
-        """).to_arrow_table()
-    finally:
-        con.close()
-    view = repo.view("syn_user_activity")
-    events = [(int(u), int(t) * 1000, {"item_id": int(i)}) for u, i, t in zip(ev["user_id"], ev["item_id"], ev["ts"])]
-    for a in range(0, len(events), 20_000):
-        store.add_events(view, events[a:a + 20_000])
-    store.write_rows(repo.view("syn_user_profile"), prof)
-    return [int(u) for u in users], time.perf_counter() - t0
+    users = sample_user_features(repo, store, paths, end_ms, n_users, seed)
+    return users, time.perf_counter() - t0
 
 
 def _build(config: Config, redis: Any, paths: Any, end_ms: int, quick: bool) -> dict[str, float]:

@@ -109,11 +109,15 @@ def _online_features(config: Any, redis: Any, paths: Any, end_ms: int, sample_us
     _step(progress, f"materialized {report.rows_written:,} rows of {', '.join(v.name for v in views)}")
     if sample_users is None:
         return [int(u) for u in pq.read_table(paths.users, columns=["user_id"])["user_id"].to_numpy()]
-    return _sample_user_features(repo, store, paths, end_ms, sample_users)
+    return sample_user_features(repo, store, paths, end_ms, sample_users)
 
 
-def _sample_user_features(repo: Any, store: Any, paths: Any, end_ms: int, n_users: int) -> list[int]:
-    """Online features of `n_users` users active in the last 30 days (their clicks, their profile)."""
+def sample_user_features(repo: Any, store: Any, paths: Any, end_ms: int, n_users: int, seed: int = 0) -> list[int]:
+    """Online features of `n_users` users active in the last 30 days (their clicks, their profile); returns them.
+
+    Materializing every user of a 1M-user catalogue is out of a benchmark's budget: a sample is what
+    requests are drawn from (this pipeline, ``bench recall_service``).
+    """
     import duckdb
 
     lo = end_ms - 30 * DAY_MS
@@ -121,7 +125,7 @@ def _sample_user_features(repo: Any, store: Any, paths: Any, end_ms: int, n_user
     try:
         users = con.sql(f"""
             SELECT user_id FROM read_parquet('{paths.events}') WHERE epoch_ms(event_ts) >= {lo}
-            GROUP BY user_id HAVING count(*) >= 3 ORDER BY hash(user_id) LIMIT {int(n_users)}
+            GROUP BY user_id HAVING count(*) >= 3 ORDER BY hash(user_id + {int(seed)}) LIMIT {int(n_users)}
         """).fetchnumpy()["user_id"]
         con.register("sample", pa.table({"user_id": users}))
         ev = con.sql(f"""
