@@ -102,31 +102,9 @@ def _time_calls(fn: Any, arrays: dict[str, np.ndarray], min_time_s: float, min_r
 
 def _online_features(table: Any, resolved: Any) -> Any:
     """An OnlineFeatures holding a training table's rows, in the online store's column conventions."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    from featurestore.client import online_features_from_table
 
-    from featurestore.client import OnlineFeatures
-    from featurestore.online import FeatureStatus
-
-    cols, status = [], []
-    for rf in resolved.features:
-        col = table[rf.column]
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
-        if pa.types.is_integer(col.type):
-            values: Any = pc.fill_null(col, 0).to_numpy(zero_copy_only=False)
-        elif pa.types.is_floating(col.type):
-            values = pc.fill_null(col, np.nan).to_numpy(zero_copy_only=False)
-        elif pa.types.is_list(col.type) and pa.types.is_integer(col.type.value_type):
-            values = [np.asarray(v, dtype=np.int64) if v is not None else None for v in col.to_pylist()]
-        else:
-            values = col.to_pylist()
-        cols.append(values)
-        status.append(np.where(valid, FeatureStatus.PRESENT, FeatureStatus.NULL_VALUE).astype(np.uint8))
-    keys = {k: table[k].to_pylist() for k in resolved.join_keys}
-    return OnlineFeatures(list(zip(*keys.values())), resolved.refs, [rf.feature for rf in resolved.features], cols,
-                          np.stack(status, axis=1), {}, key_columns=keys, entity_type=None, served_at=None,
-                          feature_set=resolved.name, feature_set_version=None, request_context={},
-                          views=[rf.view for rf in resolved.features])
+    return online_features_from_table(table, resolved)
 
 
 def _one_user_request(table: Any, resolved: Any, n: int = 1000) -> Any:

@@ -26,9 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from featurestore.client import OnlineFeatures
+from featurestore.client import OnlineFeatures, online_features_from_table
 from featurestore.data.movielens import load_movielens
-from featurestore.online import FeatureStatus
 from featurestore.repository import get_repo
 from ranking.artifact import (
     ARTIFACT_FORMAT,
@@ -185,25 +184,7 @@ def test_scorer_checks_inputs(data) -> None:
 
 def online_features_from(table: pa.Table, resolved, feature_set: str) -> OnlineFeatures:
     """An OnlineFeatures holding a training table's values, in the online store's conventions."""
-    cols, status = [], []
-    for rf in resolved.features:
-        col = table[rf.column]
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
-        if pa.types.is_integer(col.type):
-            values = pc.fill_null(col, 0).to_numpy(zero_copy_only=False)
-        elif pa.types.is_floating(col.type):
-            values = pc.fill_null(col, np.nan).to_numpy(zero_copy_only=False)
-        elif pa.types.is_list(col.type) and pa.types.is_integer(col.type.value_type):
-            values = [np.asarray(v, dtype=np.int64) if v is not None else None for v in col.to_pylist()]
-        else:
-            values = col.to_pylist()
-        cols.append(values)
-        status.append(np.where(valid, FeatureStatus.PRESENT, FeatureStatus.NULL_VALUE).astype(np.uint8))
-    keys = {k: table[k].to_pylist() for k in resolved.join_keys}
-    return OnlineFeatures(list(zip(*keys.values())), resolved.refs, [rf.feature for rf in resolved.features], cols,
-                          np.stack(status, axis=1), {}, key_columns=keys, entity_type=None, served_at=None,
-                          feature_set=feature_set, feature_set_version=None, request_context={},
-                          views=[rf.view for rf in resolved.features])
+    return online_features_from_table(table, resolved, feature_set)
 
 
 def test_score_online_features_equals_score_encoded(data) -> None:
