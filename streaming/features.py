@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from streaming.cli_args import add_process_arguments
+
 
 def events_views(repo: Any, definitions_topic: str, consume_topic: str | None = None) -> list[Any]:
     """The online windowed views streaming from `definitions_topic`, re-pointed at `consume_topic` if given."""
@@ -83,12 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--assign", action="store_true", help="take every partition without joining the group (one instance)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--until-idle", action="store_true", help="stop once every partition is consumed to its end")
-    p.add_argument("--redis-url", default=None, help="online store (default: REDIS_URL / config redis.url)")
-    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="Prometheus /metrics port (default: config ports.metrics; 0: any free port)")
-    p.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress lines")
-    p.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    add_process_arguments(p, "online store")
     return p
 
 

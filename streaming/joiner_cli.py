@@ -21,6 +21,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from streaming.cli_args import add_process_arguments
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cascade streaming join",
@@ -40,12 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                         "every sample is written again (use a fresh samples topic)")
     p.add_argument("--writer", choices=("batch", "producer"), default="batch",
                    help="sample writer: batch (own record batches, fast) or producer (KafkaProducer)")
-    p.add_argument("--redis-url", default=None, help="checkpoint store (default: REDIS_URL / config redis.url)")
-    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="Prometheus /metrics port (default: config ports.metrics; 0: any free port)")
-    p.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress lines")
-    p.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    add_process_arguments(p, "checkpoint store")
     return p
 
 
