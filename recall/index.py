@@ -279,7 +279,8 @@ class ItemIndex:
     def refine_factor_for(self, k: int) -> int:
         """Refine factor of a k-search: the configured one, shrunk to keep about ``refine_budget`` exact re-scores.
 
-        Measured (1M clustered 64-d items, nprobe 128, one thread): k = 750 with
+        Measured once by hand, not by a recorded benchmark (``bench.ann.make_data(1_000_000, 64)``:
+        1M items in 64 clusters, 64-d, nprobe 128, one thread, 100 queries): k = 750 with
         factor 16 took p50 5.0 / p99 11.1 ms for recall@750 0.896; factor 4 took
         2.2 / 4.2 ms for 0.880 -- the heap of k x factor PQ candidates, not the
         exact re-scoring, is what grows. k = 100 keeps 16 (recall@100 0.91 vs 0.79).
