@@ -37,7 +37,7 @@ async def _serve(args: argparse.Namespace) -> None:
         "ranking": config.ranking.model_copy(update=ranking),
     })
     repo = get_repo(config.features.definitions)
-    client = FeatureClient.from_config(config, args.redis_url, repo=repo, check_registry=False)
+    client = FeatureClient.from_config(config, args.redis_url, repo=repo, check_registry=False, shared_cache=True)
     registry = ModelRegistry(args.registry, repo=repo, default_model=config.ranking.model)
     server = build_ranking_server(config, args.redis_url, feature_client=client, registry=registry, port=0)
     port = await server.start()

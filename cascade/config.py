@@ -97,9 +97,10 @@ class FeatureStoreConfig(_Section):
     materialize_chunk_rows: int = Field(50_000, description="Rows per bounded chunk when materializing (memory stays flat).")
     online_batch_keys: int = Field(2_000, description="Keys per MGET when reading many entities online.")
     online_lean_reads: bool = Field(True, description="Single-server online reads pack MGETs straight from entity ids and parse the replies off the pooled socket with hiredis (featurestore.online, 'Reads'); off: key strings packed by hiredis, replies through redis-py's connection API. Connection trouble always falls back to redis-py. Measured: 1.02-1.04x redis-py's path (bench online_features, same run).")
-    online_cache_ttl_ms: float = Field(0.0, ge=0.0, le=1000.0, description="Rows of views keyed by online_cache_entities are served from an in-process cache for at most this long after Redis returned them (featurestore.online.cache): their features may be that stale. 0: off (every read goes to Redis).")
-    online_cache_entities: tuple[str, ...] = Field(("item",), description="Entities whose views the online cache holds: ones every request shares (candidate items), not users.")
-    online_cache_max_entries: int = Field(100_000, description="Cached rows per view and key kind per cache generation; beyond them rows are read but not cached.")
+    online_cache_ttl_ms: float = Field(1000.0, ge=0.0, le=1000.0, description="Clients that opt in (ranking's) serve rows of views keyed by online_cache_entities from an in-process snapshot, refreshed ahead every online_cache_refresh_ms and never served more than this long after its Redis read began (featurestore.shared_cache): those features may be that stale. 0: off (every read goes to Redis).")
+    online_cache_refresh_ms: float = Field(500.0, gt=0.0, description="How often the shared cache's background thread re-reads the entities requested since its last refresh (must be below online_cache_ttl_ms).")
+    online_cache_entities: tuple[str, ...] = Field(("item",), description="Entities whose views the shared cache holds: ones every request shares (candidate items), not users.")
+    online_cache_max_entries: int = Field(100_000, description="Most entities per cached read plan; beyond them rows are read from Redis every time.")
     stream_group: str = Field("featurestore-stream", description="Kafka consumer group of the streaming updater.")
 
 

@@ -73,6 +73,7 @@ from featurestore.online import FeatureStatus, OnlineResult, OnlineStore
 from featurestore.online.codec import to_micros
 from featurestore.online.store import ReadPlan
 from featurestore.repository import FeatureRepo, ResolvedFeatureSet, UnknownDefinition
+from featurestore.shared_cache import SharedEntityCache
 
 REQUEST_TIME_INPUT = "event_ts"  # request-context key filled with the serving time when the caller gives none
 _PLAN_CACHE_SIZE = 1024
@@ -288,6 +289,17 @@ class _RequestRead:
 
 
 @dataclass(frozen=True)
+class _SharedSplit:
+    """A plan's online views split into those of a shared entity (read through the cache) and the rest."""
+
+    cached: ReadPlan
+    cached_positions: np.ndarray  # output column of each cached store column
+    join_key: str
+    other: ReadPlan | None
+    other_positions: np.ndarray
+
+
+@dataclass(frozen=True)
 class FeaturePlan:
     """What one request shape reads: resolved once, reused by every call with the same selection."""
 
@@ -302,6 +314,7 @@ class FeaturePlan:
     entity_type: str | None
     feature_set: str | None
     feature_set_version: int | None
+    shared: _SharedSplit | None = None  # set when the client has a shared-entity cache and the plan reads such views
 
     @property
     def request_inputs(self) -> tuple[str, ...]:
@@ -317,17 +330,26 @@ class FeatureClient:
     """
 
     def __init__(self, online_store: OnlineStore, repo: FeatureRepo, *,
-                 feature_set_versions: Mapping[str, int] | None = None) -> None:
+                 feature_set_versions: Mapping[str, int] | None = None,
+                 shared_cache: SharedEntityCache | None = None, cache_entities: Sequence[str] = ("item",)) -> None:
         self.store = online_store
         self.repo = repo
         self.feature_set_versions = dict(feature_set_versions or {})
+        self.shared_cache = shared_cache  # rows of `cache_entities` views, from memory (featurestore.shared_cache)
+        self.cache_entities = frozenset(cache_entities)
         self._plans: dict[Any, FeaturePlan] = {}
         self._entity_types = _entity_types(repo)
 
     @classmethod
     def from_config(cls, config: Any, redis_url: str, *, repo: FeatureRepo | None = None, registry: Any = None,
-                    feature_set_versions: Mapping[str, int] | None = None, check_registry: bool = True) -> FeatureClient:
+                    feature_set_versions: Mapping[str, int] | None = None, check_registry: bool = True,
+                    shared_cache: bool = False) -> FeatureClient:
         """A client on `redis_url` for the configured project and definitions (its own Redis client: :meth:`close` it).
+
+        `shared_cache`: serve rows of ``features.online_cache_entities`` (candidate items) from a
+        refresh-ahead in-process cache, at most ``features.online_cache_ttl_ms`` old
+        (:mod:`featurestore.shared_cache`; no cache when that is 0). For servers every request of
+        which reads the same items (ranking); a generic feature service reads through.
 
         `repo` defaults to ``config.features.definitions`` (loaded once per
         process). Unless `feature_set_versions` is given, the registry
@@ -356,11 +378,19 @@ class FeatureClient:
                 feature_set_versions = {}
             else:
                 feature_set_versions = {name: live.feature_set_version(name) for name in repo.feature_sets}
-        store = OnlineStore.from_config(redis_client(redis_url, config.redis), config)
-        return cls(store, repo, feature_set_versions=feature_set_versions)
+        f = config.features
+        store = OnlineStore(redis_client(redis_url, config.redis), f.project, f.online_batch_keys, lean_reads=f.online_lean_reads)
+        cache = None
+        if shared_cache and f.online_cache_ttl_ms > 0:
+            cache = SharedEntityCache(store, f.online_cache_ttl_ms / 1000.0, f.online_cache_refresh_ms / 1000.0,
+                                      f.online_cache_max_entries)
+        return cls(store, repo, feature_set_versions=feature_set_versions, shared_cache=cache,
+                   cache_entities=f.online_cache_entities)
 
     def close(self) -> None:
-        """Close the online store's Redis client (when this client owns it, e.g. from :meth:`from_config`)."""
+        """Stop the shared cache's refresher and close the online store's Redis client (when this client owns it)."""
+        if self.shared_cache is not None:
+            self.shared_cache.close()
         self.store.client.close()
 
     # -- entity types
@@ -471,6 +501,7 @@ class FeatureClient:
         store_positions = np.array([out_index[r] for r in read_plan.refs], dtype=np.int64) if read_plan else np.zeros(0, np.int64)
         views = [v for v, _ in online.values()]
         join_keys = tuple(dict.fromkeys(k for v in views for k in v.join_keys))
+        shared = self._shared_split(online, out_index) if self.shared_cache is not None else None
         return FeaturePlan(
             refs=refs,
             features=tuple(f for _, f in chosen),
@@ -483,7 +514,24 @@ class FeatureClient:
             entity_type=entity_type,
             feature_set=set_name,
             feature_set_version=self.feature_set_versions.get(set_name) if set_name else None,
+            shared=shared,
         )
+
+    def _shared_split(self, online: Mapping[str, tuple[Any, list[str]]], out_index: Mapping[str, int]) -> _SharedSplit | None:
+        """Views of one cached entity (all keyed by the same single join key) apart from the rest, or None."""
+        cached = {name: vf for name, vf in online.items()
+                  if len(vf[0].entities) == 1 and vf[0].entities[0].name in self.cache_entities}
+        join_keys = {vf[0].join_keys for vf in cached.values()}
+        if not cached or len(join_keys) != 1 or len(next(iter(join_keys))) != 1:
+            return None
+        rest = [vf for name, vf in online.items() if name not in cached]
+        cached_plan = self.store.plan([(view, tuple(names)) for view, names in cached.values()])
+        other = self.store.plan([(view, tuple(names)) for view, names in rest]) if rest else None
+
+        def positions(p: ReadPlan | None) -> np.ndarray:
+            return np.array([out_index[r] for r in p.refs], dtype=np.int64) if p is not None else np.zeros(0, np.int64)
+
+        return _SharedSplit(cached_plan, positions(cached_plan), next(iter(join_keys))[0], other, positions(other))
 
     # -- reading
 
@@ -517,7 +565,17 @@ class FeatureClient:
         columns: list[Any] = [None] * k
         status = np.empty((n, k), dtype=np.uint8)
         event_ts: dict[str, np.ndarray] = {}
-        if plan.read_plan is not None:
+        if plan.shared is not None and n and self.shared_cache is not None:
+            sh = plan.shared
+            parts = [(self.shared_cache.read(sh.cached, sh.join_key, key_columns[sh.join_key], served_at), sh.cached_positions)]
+            if sh.other is not None:
+                parts.append((self.store.read(sh.other, key_columns, now=served_at), sh.other_positions))
+            for res, positions in parts:
+                for r, pos in zip(res.refs, positions.tolist()):
+                    columns[pos] = res.column(r)
+                status[:, positions] = res.status
+                event_ts.update(res.event_ts)
+        elif plan.read_plan is not None:
             if n:
                 res = self.store.read(plan.read_plan, key_columns, now=served_at)
                 store_cols = [res.column(r) for r in res.refs]

@@ -65,13 +65,14 @@ Rank p50 / p99 (client)    24.9 / 33.9  9.5-10.0 /   the goal is p99 <= 15 ms
 The same code before and after, run back to back (other processes: 2% of the CPU during the
 "before" run, 35% during the "after" one): p50 22.8 -> 9.6 ms, p99 31.0 -> 16.6 ms.
 
-Not done, with numbers: the item-row cache (``features.online_cache_ttl_ms``, 1 s; hit rate
-0.95-0.96 with the bench's draws) took the feature stage from 3.6 / 3.2 to 2.7 / 2.3 ms mean and
-p50 down by 0.8-0.9 ms in interleaved runs on the quiet machine -- for features up to 1 s stale; it
-stays off, the lever if more margin is needed. In that bench the MovieLens windows are empty
-(1997-98 data); with every user and item holding full window state the in-process read of 1,000
-candidates is 6.2-7.0 ms instead of 2.6 ms (``read_1000_live_windows_p50_ms``), the window
-arithmetic (85 slots x 1,000 items) being most of the difference.
+Those runs read empty windows (MovieLens' 1997-98 timestamps). With the data shifted to now, so
+every user and item has live window state (as the bench now serves), the feature read of 1,000
+candidates is 5.5-7.7 ms: 2.7 KB of tile rings per item, ~5 ms of it Redis transfer. Hence the
+shared-entity cache (``featurestore.shared_cache``, ``features.online_cache_ttl_ms`` 1 s, on for
+ranking's client): the candidates' item rows come decoded from an in-process snapshot that a
+background thread re-reads every 0.5 s, so item features may be up to 1 s old; the user's rows are
+always read. First run (other processes using 32% of the CPU): features 8.3 -> 2.3 ms mean, p50
+17.9 -> 11.3 ms with the cache off -> on, interleaved, hit rate 0.96.
 
 Admin (ModelAdminService)
 -------------------------
@@ -671,7 +672,7 @@ def build_ranking_server(config: Any, redis_url: str | None, *, kafka_bootstrap:
 
         if redis_url is None:
             raise ValueError("build_ranking_server needs a redis_url or a feature_client")
-        client = FeatureClient.from_config(config, redis_url, repo=repo, check_registry=check_registry)
+        client = FeatureClient.from_config(config, redis_url, repo=repo, check_registry=check_registry, shared_cache=True)
         owned.append(client)
     repo = repo or client.repo
     registry = registry or ModelRegistry.from_config(config, repo=repo)

@@ -1,0 +1,156 @@
+"""The shared-entity cache (featurestore.shared_cache): item rows from memory, never older than the ttl."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from featurestore.client import FeatureClient
+from featurestore.shared_cache import SharedEntityCache
+
+FEATURES = ["profile:age", "profile:tags", "item_stats:ctr", "item_stats:recent", "item_stats:weights",
+            "affinity:strength", "clicks:click_count_6h"]
+KEYS = {"user_id": ["1", "1", "1", "1"], "item_id": ["5", "6", "5", "7"]}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _client(seeded: SimpleNamespace, ttl_s: float = 1.0, refresh_s: float = 0.5, clock: Any = None) -> FeatureClient:
+    cache = SharedEntityCache(seeded.store, ttl_s, refresh_s, clock=clock or time.monotonic)
+    cache._stop.set()  # these tests drive refreshes by hand (the thread is tested on its own below)
+    return FeatureClient(seeded.store, seeded.repo, shared_cache=cache)
+
+
+def _ctr(seeded: SimpleNamespace, value: float, at: Any) -> None:
+    seeded.store.write_rows(seeded.repo.view("item_stats"), pa.table({
+        "item_id": [5], "ctr": [value], "recent": [[1]], "weights": [[0.5]],
+        "event_ts": pa.array([at], type=pa.timestamp("us", "UTC"))}))
+
+
+def test_rows_from_the_cache_equal_rows_from_redis(seeded: SimpleNamespace) -> None:
+    cached = _client(seeded)
+    want = seeded.client.get_online_features(None, KEYS, FEATURES, now=seeded.now)
+    cold = cached.get_online_features(None, KEYS, FEATURES, now=seeded.now)  # nothing cached yet: all from Redis
+    cached.shared_cache.refresh()
+    warm = cached.get_online_features(None, KEYS, FEATURES, now=seeded.now)  # every item from the snapshot
+    partial = cached.get_online_features(None, {"user_id": ["1"] * 3, "item_id": ["8", "5", "9"]}, FEATURES, now=seeded.now)
+    for got in (cold, warm):
+        assert got.to_rows() == want.to_rows()
+        assert (got.status == want.status).all()
+        assert got.event_ts_ms(FEATURES.index("item_stats:ctr")).tolist() == want.event_ts_ms(FEATURES.index("item_stats:ctr")).tolist()
+    assert partial.to_rows() == seeded.client.get_online_features(
+        None, {"user_id": ["1"] * 3, "item_id": ["8", "5", "9"]}, FEATURES, now=seeded.now).to_rows()
+    assert cached.shared_cache.hits == 4 + 1 and cached.shared_cache.misses == 4 + 2
+
+
+def test_an_item_write_is_seen_at_the_next_refresh_and_users_are_always_read_fresh(seeded: SimpleNamespace) -> None:
+    clock = Clock()
+    cached = _client(seeded, clock=clock)
+    cached.get_online_features(None, KEYS, FEATURES)
+    cached.shared_cache.refresh()
+    _ctr(seeded, 0.9, seeded.now)
+    seeded.store.write_rows(seeded.repo.view("profile"), pa.table({
+        "user_id": [1], "age": [31], "score": [0.9], "city": ["Paris"], "vip": [True], "emb": [[1.0, 2.0, 3.0]],
+        "tags": [["z"]], "event_ts": pa.array([seeded.now], type=pa.timestamp("us", "UTC"))}))
+    clock.now += 0.4
+    stale = cached.get_online_features(None, KEYS, FEATURES)
+    assert stale.column("item_stats:ctr").tolist()[0] == 0.25  # the snapshot's value, read < ttl ago
+    assert stale.column("profile:age").tolist() == [31] * 4  # users are not cached
+    cached.shared_cache.refresh()
+    assert cached.get_online_features(None, KEYS, FEATURES).column("item_stats:ctr").tolist()[0] == 0.9
+
+
+def test_a_snapshot_is_never_served_past_the_ttl(seeded: SimpleNamespace) -> None:
+    clock = Clock()
+    cached = _client(seeded, clock=clock)
+    cached.get_online_features(None, KEYS, FEATURES)
+    cached.shared_cache.refresh()
+    _ctr(seeded, 0.7, seeded.now)
+    clock.now += 1.0  # no refresh came (Redis down, thread behind): the snapshot is too old to serve
+    hits = cached.shared_cache.hits
+    assert cached.get_online_features(None, KEYS, FEATURES).column("item_stats:ctr").tolist()[0] == 0.7
+    assert cached.shared_cache.hits == hits
+
+
+def test_refresh_keeps_only_items_requested_since_the_last_one(seeded: SimpleNamespace) -> None:
+    cached = _client(seeded)
+    cached.get_online_features(None, KEYS, FEATURES)
+    cached.shared_cache.refresh()
+    cached.get_online_features(None, {"user_id": ["1"], "item_id": ["7"]}, FEATURES)
+    cached.shared_cache.refresh()  # 5 and 6 were not asked for since: dropped
+    before = cached.shared_cache.misses
+    cached.get_online_features(None, KEYS, FEATURES)
+    assert cached.shared_cache.misses - before == 3
+
+
+def test_non_string_keys_read_through(seeded: SimpleNamespace) -> None:
+    cached = _client(seeded)
+    keys = {"user_id": [1, 1], "item_id": [5, True]}  # True == 1 in a dict: never looked up in the cache
+    assert cached.get_online_features(None, keys, FEATURES).to_rows() == seeded.client.get_online_features(None, keys, FEATURES).to_rows()
+    assert cached.shared_cache.hits + cached.shared_cache.misses == 0
+
+
+def test_the_background_thread_refreshes_and_stops(seeded: SimpleNamespace) -> None:
+    cache = SharedEntityCache(seeded.store, 0.4, 0.05)
+    client = FeatureClient(seeded.store, seeded.repo, shared_cache=cache)
+    try:
+        client.get_online_features(None, KEYS, FEATURES)
+        deadline = time.monotonic() + 10
+        while cache.hits == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            client.get_online_features(None, KEYS, FEATURES)
+        assert cache.hits > 0
+    finally:
+        cache.close()
+    assert cache._thread is not None and not cache._thread.is_alive()
+
+
+def test_bad_intervals_are_refused(seeded: SimpleNamespace) -> None:
+    with pytest.raises(ValueError):
+        SharedEntityCache(seeded.store, 0.0)
+    with pytest.raises(ValueError, match="shorter than the ttl"):
+        SharedEntityCache(seeded.store, 1.0, 1.0)
+
+
+def test_from_config_builds_the_cache_only_when_asked(feature_config: Any, stack: Any) -> None:
+    plain = FeatureClient.from_config(feature_config, stack.redis_url, check_registry=False)
+    cached = FeatureClient.from_config(feature_config, stack.redis_url, check_registry=False, shared_cache=True)
+    off = FeatureClient.from_config(feature_config.model_copy(update={"features": feature_config.features.model_copy(
+        update={"online_cache_ttl_ms": 0.0})}), stack.redis_url, check_registry=False, shared_cache=True)
+    try:
+        assert plain.shared_cache is None and off.shared_cache is None
+        assert cached.shared_cache is not None and cached.shared_cache.ttl_s == feature_config.features.online_cache_ttl_ms / 1000
+    finally:
+        for c in (plain, cached, off):
+            c.close()
+
+
+def test_ttl_is_measured_from_the_start_of_the_refresh_read(seeded: SimpleNamespace) -> None:
+    clock = Clock()
+    cached = _client(seeded, clock=clock)
+    cached.get_online_features(None, KEYS, FEATURES)
+    slow_read = seeded.store.read
+
+    def read(*args: Any, **kwargs: Any) -> Any:
+        clock.now += 0.6  # the refresh's read takes 0.6 s
+        return slow_read(*args, **kwargs)
+
+    seeded.store.read = read
+    try:
+        cached.shared_cache.refresh()
+    finally:
+        del seeded.store.read
+    clock.now += 0.5  # 1.1 s after the read began, 0.5 s after it ended: expired
+    hits = cached.shared_cache.hits
+    cached.get_online_features(None, KEYS, FEATURES)
+    assert cached.shared_cache.hits == hits
