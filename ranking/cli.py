@@ -1,7 +1,7 @@
 """``cascade rank``: train, export and evaluate ranking models.
 
     cascade rank train --model deepfm|din [--feature-set NAME] [--epochs N] [--out DIR] [--set key=value ...]
-                       [--aot] [--int8] [--publish | --promote]
+                       [--aot] [--[no-]int8] [--publish | --promote]
     cascade rank export ARTIFACT [--aot] [--int8]        add model.pt2 (AOTInductor) / model.int8.onnx
     cascade rank evaluate ARTIFACT [--backend NAME ...]  test-split AUC/logloss through the serving scorer
 
@@ -71,7 +71,8 @@ def cmd_train(args: argparse.Namespace, config: Any) -> int:
         out = staging
     result = train(args.model, feature_set=args.feature_set, epochs=args.epochs, config=config, out_dir=out,
                    progress=not args.quiet, max_rows=args.max_rows, name=name,
-                   export={"onnx": not args.no_onnx, "int8": args.int8, "aot_inductor": args.aot}, **overrides)
+                   export={"onnx": not args.no_onnx, "aot_inductor": args.aot,
+                           "int8": (config.ranking.int8 if args.int8 is None else args.int8) and not args.no_onnx}, **overrides)
     manifest = result.manifest
     if staging is not None and manifest is not None:
         final = staging.parent / manifest.version
@@ -205,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="logical model name (default: the kind)")
     p.add_argument("--max-rows", type=int, default=None, help="subsample the ratings (quick runs)")
     p.add_argument("--aot", action="store_true", help="also compile model.pt2 with AOTInductor (~30 s)")
-    p.add_argument("--int8", action="store_true", help="also write a dynamically quantised model.int8.onnx")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write a dynamically quantised model.int8.onnx (default: ranking.int8, what is served)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a RankingConfig field for this run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

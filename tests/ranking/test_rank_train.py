@@ -106,6 +106,7 @@ def test_cli_train_and_evaluate(cfg, monkeypatch: pytest.MonkeyPatch, capsys: py
     assert artifact.parent == cfg.paths.artifacts_dir / cfg.ranking.artifacts_subdir / "din_test"
     assert artifact.name == out["version"] and out["version"].startswith("din-")
     assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".staging")]
+    assert cfg.ranking.int8 and "onnxruntime-int8" in verify_artifact(artifact).backends  # what is served, by default
     assert cascade.cli.main(["rank", "evaluate", str(artifact), "--backend", "eager", "--backend", "onnxruntime"]) == 0
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ev["feature_set_matches"] is True
