@@ -135,4 +135,22 @@ def preferred_categories(user_features: Mapping[str, Any], recent_items: Sequenc
     return {c: w / best for c, w in top}
 
 
-__all__ = ["ItemCategories", "preferred_categories"]
+def query_preferences(query: Any, categories: ItemCategories | None, category_features: Sequence[str],
+                      limit: int) -> dict[str, float]:
+    """:func:`preferred_categories` of a :class:`recall.channel.RecallQuery`, computed once per request.
+
+    The popular and fresh channels weigh the same categories; the result is
+    kept in ``query.memo`` under the arguments so the second channel (or a
+    top-up round) reuses it. Callers must not mutate the returned dict.
+    """
+    key = ("preferred_categories", id(categories), tuple(category_features), limit)
+    memo = query.memo
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = preferred_categories(query.user_features, query.recent_items,
+                                               category_features=category_features, categories=categories,
+                                               limit=limit)
+    return hit  # type: ignore[no-any-return]
+
+
+__all__ = ["ItemCategories", "preferred_categories", "query_preferences"]

@@ -25,6 +25,9 @@ class RecallQuery:
     recent_items: Sequence[int] = ()  # most recent first (from the feature store's last-N list)
     context: Mapping[str, str] = field(default_factory=dict)
     user_features: Mapping[str, object] = field(default_factory=dict)  # online features by "view:feature" ref
+    # What one channel derived from the query that another may reuse in the same request (e.g. the preferred
+    # categories popular and fresh both weigh): computed once per request, never compared or hashed.
+    memo: dict[object, object] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -312,12 +312,16 @@ def default_channels(config: Any, redis_url: str, *, namespace: str | None = Non
     channels: list[Channel] = []
     if embedding is not None:
         channels.append(embedding)
-    channels += [
-        Item2ItemChannel.from_config(client, config, namespace),
-        PopularChannel.from_config(client, config, namespace, categories),
-        FreshChannel.from_config(client, config, namespace, categories),
-    ]
-    return channels, [client.aclose]
+    cached = [PopularChannel.from_config(client, config, namespace, categories),
+              FreshChannel.from_config(client, config, namespace, categories)]
+    channels += [Item2ItemChannel.from_config(client, config, namespace), *cached]
+
+    async def close() -> None:
+        for ch in cached:  # their background head refresh first: it reads through the client
+            ch.close()
+        await client.aclose()
+
+    return channels, [close]
 
 
 def build_recall_server(config: Any, redis_url: str, channels: Sequence[Channel] | None = None, *,

@@ -5,7 +5,8 @@ globally and in each preferred category (as the popular channel chooses
 them). The score is the remaining freshness ``1 - age / max_age`` in [0, 1]
 times ``1 + boost * preference`` for items of a preferred category.
 Items dated after ``now`` (scheduled) are not returned. With ``cache_s`` the
-heads are reused across requests as the popular channel does.
+heads are kept in-process and refreshed in the background as the popular
+channel does, each read for the latest request time that asked for it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from recall.categories import ItemCategories, preferred_categories
+from recall.categories import ItemCategories, query_preferences
 from recall.channel import ChannelResult, RecallQuery
 from recall.channels.item2item import top_k
 from recall.fresh import FreshKeys
@@ -37,7 +38,7 @@ class FreshChannel:
         self.max_categories = max_categories
         self.category_boost = category_boost
         self._read = client.register_script(RECENT_PACKED)
-        self._cache = HeadCache(cache_s)
+        self._cache = HeadCache(cache_s, self._fetch)
 
     @classmethod
     def from_config(cls, client: AsyncRedis, config: object, namespace: str | None = None,
@@ -52,30 +53,23 @@ class FreshChannel:
         """Open a connection before the first request (called by the server's start)."""
         await self.client.ping()
 
+    async def _fetch(self, keys: list[str], size: int, now_ms: int) -> list[tuple[np.ndarray, np.ndarray, None]]:
+        """One script call: the newest `size` items of each set published in ``[now - max_age, now]``."""
+        packed = await self._read(keys=keys, args=[now_ms, now_ms - self.max_age_ms, size])
+        return [(*unpack_pairs(buf), None) for buf in packed]
+
     async def recall(self, query: RecallQuery, k: int) -> ChannelResult:
         if k <= 0:
             return ChannelResult.empty()
-        prefs = preferred_categories(query.user_features, query.recent_items, category_features=self.category_features,
-                                     categories=self.categories, limit=self.max_categories) if self.category_boost > 0 else {}
+        prefs = query_preferences(query, self.categories, self.category_features,
+                                  self.max_categories) if self.category_boost > 0 else {}
         now = int(query.now_ms)
         lo = now - self.max_age_ms
         keys = [self.keys.glob, *[self.keys.cat(c) for c in prefs]]
-        heads: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        missing = []
-        for key in keys:
-            head = self._cache.get(key, k, now)
-            if head is None:
-                missing.append(key)
-            else:
-                heads[key] = head[:2]
-        if missing:
-            size = HeadCache.fetch_size(k)
-            for key, buf in zip(missing, await self._read(keys=missing, args=[now, lo, size])):
-                heads[key] = unpack_pairs(buf)
-                self._cache.put(key, size, now, *heads[key])
+        heads = await self._cache.heads(keys, k, now, timed=True)
 
         def window(key: str) -> tuple[np.ndarray, np.ndarray]:
-            items, published = heads[key]
+            items, published, _ = heads[key]
             ok = (published >= lo) & (published <= now)  # a reused head was read for a slightly different now
             return items[ok][:k], published[ok][:k]
 
@@ -94,6 +88,10 @@ class FreshChannel:
         np.maximum.at(best, inv, np.concatenate(prefs_of))
         freshness = np.clip(1.0 - (now - published) / self.max_age_ms, 0.0, 1.0)
         return top_k(uniq, freshness * (1.0 + self.category_boost * best), k)
+
+    def close(self) -> None:
+        """Stop refreshing the cached heads."""
+        self._cache.close()
 
 
 __all__ = ["FreshChannel"]

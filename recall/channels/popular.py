@@ -10,8 +10,9 @@ recent items). An item's score is its decayed count as of the request
 user's categories climb without pushing out the global hits entirely.
 
 The heads of the sets are the same for every user: with ``cache_s`` (config
-``channel_cache_s``) each is read at most once per ``cache_s`` per process
-(:class:`recall.redis_io.HeadCache`) and requests in between cost no Redis call.
+``channel_cache_s``) they are kept in-process, refreshed in the background
+every ``cache_s / 2`` (:class:`recall.redis_io.HeadCache`), and a request
+reads Redis only for a head it is the first to ask for.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from recall.categories import ItemCategories, preferred_categories
+from recall.categories import ItemCategories, query_preferences
 from recall.channel import ChannelResult, RecallQuery
 from recall.channels.item2item import top_k
 from recall.redis_io import TOP_PACKED, AsyncRedis, HeadCache, unpack_pairs
@@ -45,7 +46,7 @@ class PopularChannel:
         self.max_categories = max_categories
         self.category_boost = category_boost
         self._read = client.register_script(TOP_PACKED)
-        self._cache = HeadCache(cache_s)
+        self._cache = HeadCache(cache_s, self._fetch)
 
     @classmethod
     def from_config(cls, client: AsyncRedis, config: object, namespace: str | None = None,
@@ -61,37 +62,33 @@ class PopularChannel:
         await self.client.ping()
 
     def preferences(self, query: RecallQuery) -> dict[str, float]:
-        return preferred_categories(query.user_features, query.recent_items, category_features=self.category_features,
-                                    categories=self.categories, limit=self.max_categories)
+        return query_preferences(query, self.categories, self.category_features, self.max_categories)
+
+    async def _fetch(self, keys: list[str], size: int, now_ms: int) -> list[tuple[np.ndarray, np.ndarray, Any]]:
+        """One script call: the epoch t0 and the top `size` of each set (t0 None: no trending state yet)."""
+        t0, *packed = await self._read(keys=[self.keys.meta, *keys], args=["t0", size])
+        epoch = int(t0) if t0 else None
+        return [(*unpack_pairs(buf), epoch) for buf in packed]
 
     async def recall(self, query: RecallQuery, k: int) -> ChannelResult:
         if k <= 0:
             return ChannelResult.empty()
         prefs = self.preferences(query) if self.category_boost > 0 else {}
         keys = [self.keys.glob, *[self.keys.cat(c) for c in prefs]]
-        heads: dict[str, tuple[np.ndarray, np.ndarray, Any]] = {}
-        missing = []
-        for key in keys:
-            head = self._cache.get(key, k)  # counts are stored time-independently (decayed on read)
-            if head is None:
-                missing.append(key)
-            else:
-                heads[key] = head
-        if missing:
-            size = HeadCache.fetch_size(k)
-            t0, *packed = await self._read(keys=[self.keys.meta, *missing], args=["t0", size])
-            if not t0:
-                return ChannelResult.empty()
-            for key, buf in zip(missing, packed):
-                items, stored = unpack_pairs(buf)
-                self._cache.put(key, size, query.now_ms, items, stored, int(t0))
-                heads[key] = (items, stored, int(t0))
+        # counts are stored time-independently (decayed on read): the heads do not depend on the request time
+        heads = await self._cache.heads(keys, k, query.now_ms)
 
         def counts(key: str) -> tuple[np.ndarray, np.ndarray]:
             items, stored, t0 = heads[key]
+            if t0 is None:
+                return items[:0], stored[:0]
             return items[:k], stored[:k] * math.exp(-(query.now_ms - t0) / self.tau_ms)
 
         return self.combine(counts(self.keys.glob), [(p, counts(self.keys.cat(c))) for c, p in prefs.items()], 1.0, k)
+
+    def close(self) -> None:
+        """Stop refreshing the cached heads."""
+        self._cache.close()
 
     def combine(self, glob: tuple[np.ndarray, np.ndarray], per_cat: list[tuple[float, tuple[np.ndarray, np.ndarray]]],
                 factor: float, k: int) -> ChannelResult:
