@@ -249,8 +249,9 @@ def train_deepfm(config: Any, paths: Any, out_dir: Path, *, rows: int, epochs: i
         table = store.get_training_set(labels, repo.feature_set(fs), repo.views, timestamp_field="feature_ts")
     tr, va, te = temporal_split(table, (0.8, 0.1, 0.1), timestamp_field="event_ts")
     splits = Splits(tr, va, te, fs, repo.resolve(fs).fingerprint)
+    onnx = config.ranking.backend == "onnxruntime"
     result = train(config.ranking.model, splits=splits, config=config, out_dir=out_dir, progress=bool(progress),
-                   epochs=epochs, patience=1, export={"onnx": config.ranking.backend == "onnxruntime"})
+                   epochs=epochs, patience=1, export={"onnx": onnx, "int8": onnx and config.ranking.int8})
     _step(progress, f"trained {result.summary()}")
     return result
 

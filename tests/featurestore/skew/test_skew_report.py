@@ -185,6 +185,14 @@ def test_served_record_format(repo, redis, unique_prefix):
     assert table.column("row").to_pylist() == [0, 1]
 
 
+def test_records_with_numpy_values_or_nan_literals_still_round_trip():
+    record = {"format": FORMAT, "served_feature_id": "n", "values": {"v:x": [np.float64(1.5), np.int64(2)]}}
+    assert decode_record(encode_record(record))["values"] == {"v:x": [1.5, 2]}  # numpy scalars converted on the way
+    older = b'{"format": "%s", "served_feature_id": "o", "values": {"v:x": [NaN, 1.0]}}' % FORMAT.encode()
+    got = decode_record(older)  # the standard library's encoder wrote NaN literals
+    assert got is not None and np.isnan(got["values"]["v:x"][0]) and got["values"]["v:x"][1] == 1.0
+
+
 # ----------------------------------------------------------------------------- pure logic
 
 
