@@ -21,7 +21,9 @@
    something that is not a :class:`ChannelResult`) is ERROR; either makes the
    result degraded and neither fails the call.
 3. **Filter.** Items in the request's exclude list and the user's recent
-   items are dropped from every channel's list (and duplicates inside a list).
+   items are dropped from every channel's list (and duplicates inside a list),
+   and its fused scores computed, as soon as that channel answers: the work
+   overlaps the slower channels (the embedding search) instead of following them.
 4. **Select.** The first ``quota`` items of each channel (after filtering)
    are the primary set; if the union holds fewer than ``count`` items
    (overlap between channels, a channel that under-delivered, timed out or
@@ -78,6 +80,8 @@ class ChannelOutcome:
     latency_ms: float = 0.0
     message: str = ""
     result: ChannelResult | None = None
+    # `result` made ready for the merge (see RecallMerger._prepare), computed as soon as the channel answered
+    prepared: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -276,7 +280,10 @@ class RecallMerger:
         """Late channel calls still running, per channel."""
         return {n: len(p) for n, p in self._abandoned.items() if p}
 
-    async def _run(self, ch: Channel, query: RecallQuery, outcome: ChannelOutcome) -> None:
+    async def _run(self, ch: Channel, query: RecallQuery, outcome: ChannelOutcome,
+                   prepare: tuple[int, np.ndarray] | None = None) -> None:
+        """One channel under its budget; with `prepare` (quota, blocked items) its answer is readied for the merge
+        right away, while slower channels are still running (off the request's critical path)."""
         budget = self.timeouts_ms[outcome.name] / 1000.0
         remaining = time_remaining()
         if remaining is not None:
@@ -314,6 +321,8 @@ class RecallMerger:
             result = ChannelResult(result.items[:outcome.asked], result.scores[:outcome.asked])
         outcome.result = result
         outcome.returned = int(len(result.items))
+        if prepare is not None:
+            outcome.prepared = self._prepare(outcome, prepare[0], prepare[1])
 
     async def recall(self, query: RecallQuery, count: int, *, quotas: Mapping[str, int] | None = None,
                      exclude: Iterable[int] | np.ndarray = ()) -> RecallResult:
@@ -323,17 +332,19 @@ class RecallMerger:
             np.asarray([int(x) for x in query.recent_items], dtype=np.int64),
         ]))
         outcomes, effective = self._plan(query, count, quotas, int(blocked.size))
-        runs = [self._run(self.channels[o.name], query, o) for o in outcomes if o.name in effective]
+        runs = [self._run(self.channels[o.name], query, o, (effective[o.name], blocked))
+                for o in outcomes if o.name in effective]
         if runs:
             await asyncio.gather(*runs)
         result = self.merge(outcomes, effective, count, blocked)
         if self.topup and len(result) < count:
-            if await self._top_up(query, outcomes, count - len(result)):
+            if await self._top_up(query, outcomes, count - len(result), effective, blocked):
                 result = self.merge(outcomes, effective, count, blocked)
                 result.topped_up = True
         return result
 
-    async def _top_up(self, query: RecallQuery, outcomes: list[ChannelOutcome], deficit: int) -> bool:
+    async def _top_up(self, query: RecallQuery, outcomes: list[ChannelOutcome], deficit: int,
+                      effective: Mapping[str, int], blocked: np.ndarray) -> bool:
         """Second round when the union fell short: channels that filled their ask (so may hold more) are asked for
         `deficit` more. A late or failing top-up keeps the channel's first answer and degrades nothing."""
         more = [o for o in outcomes if o.status == ChannelStatus.OK and o.result is not None
@@ -342,38 +353,45 @@ class RecallMerger:
             return False
         again = [ChannelOutcome(o.name, ChannelStatus.OK, o.quota, asked=min(self.max_candidates, o.asked + deficit))
                  for o in more]
-        await asyncio.gather(*(self._run(self.channels[a.name], query, a) for a in again))
+        await asyncio.gather(*(self._run(self.channels[a.name], query, a, (effective[a.name], blocked)) for a in again))
         grew = False
         for o, a in zip(more, again):
             o.latency_ms += a.latency_ms
             if a.status == ChannelStatus.OK and a.result is not None and a.returned > o.returned:
-                o.result, o.returned, o.asked = a.result, a.returned, a.asked
+                o.result, o.returned, o.asked, o.prepared = a.result, a.returned, a.asked, a.prepared
                 grew = True
         return grew
 
     # ------------------------------------------------------------------ merging
 
+    def _prepare(self, o: ChannelOutcome, quota: int, blocked: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One channel's list for :meth:`merge`: blocked items and repeats dropped, then per entry (item, channel
+        index, native score, native rank, fused score, within quota)."""
+        assert o.result is not None
+        items = np.asarray(o.result.items, dtype=np.int64)
+        scores = np.asarray(o.result.scores, dtype=np.float64)
+        ranks = np.arange(items.size, dtype=np.int32)
+        keep = ~np.isin(items, blocked) if blocked.size else np.ones(items.size, bool)
+        _, first = np.unique(items, return_index=True)  # duplicates inside one list: keep the first
+        if first.size < items.size:
+            dup = np.ones(items.size, bool)
+            dup[first] = False
+            keep &= ~dup
+        items, scores, ranks = items[keep], scores[keep], ranks[keep]
+        pos = np.arange(items.size)
+        ci = np.full(items.size, self.names.index(o.name), dtype=np.int32)
+        fused = self.weights[o.name] / (self.rrf_k + pos + 1.0)
+        return items, ci, scores, ranks, fused, pos < quota
+
     def merge(self, outcomes: list[ChannelOutcome], effective: Mapping[str, int], count: int,
               blocked: np.ndarray) -> RecallResult:
-        index = {n: i for i, n in enumerate(self.names)}
         parts: list[tuple[np.ndarray, ...]] = []
         for o in outcomes:
             if o.status != ChannelStatus.OK or o.result is None or len(o.result.items) == 0:
                 continue
-            items = np.asarray(o.result.items, dtype=np.int64)
-            scores = np.asarray(o.result.scores, dtype=np.float64)
-            ranks = np.arange(items.size, dtype=np.int32)
-            keep = ~np.isin(items, blocked) if blocked.size else np.ones(items.size, bool)
-            _, first = np.unique(items, return_index=True)  # duplicates inside one list: keep the first
-            dup = np.ones(items.size, bool)
-            dup[first] = False
-            keep &= ~dup
-            items, scores, ranks = items[keep], scores[keep], ranks[keep]
-            pos = np.arange(items.size)
-            ci = np.full(items.size, index[o.name], dtype=np.int32)
-            fused = self.weights[o.name] / (self.rrf_k + pos + 1.0)
-            in_quota = pos < effective.get(o.name, 0)
-            parts.append((items, ci, scores, ranks, fused, in_quota))
+            prepared = o.prepared if o.prepared is not None else self._prepare(o, effective.get(o.name, 0), blocked)
+            if prepared[0].size:
+                parts.append(prepared)
         if not parts or count <= 0:
             return _empty_result(self.names, outcomes)
         e_item, e_chan, e_score, e_rank, e_fused, e_inq = (np.concatenate(x) for x in zip(*parts))
