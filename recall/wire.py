@@ -46,12 +46,33 @@ def _put_varint(buf: np.ndarray, pos: np.ndarray, v: np.ndarray, vlen: np.ndarra
 
 
 def _scatter_by_length(buf: np.ndarray, pos: np.ndarray, mat: np.ndarray, lens: np.ndarray) -> None:
-    """Write row i of the byte matrix `mat` (its first lens[i] bytes) at buf[pos[i]:], one block per distinct length."""
+    """Write row i of the byte matrix `mat` (its last lens[i] bytes) at buf[pos[i]:], one block per distinct length."""
+    width = mat.shape[1]
     for length in np.unique(lens).tolist():
         if length <= 0:
             continue
         rows = np.flatnonzero(lens == length)
-        buf[pos[rows, None] + np.arange(length)[None, :]] = mat[rows, :length]
+        buf[pos[rows, None] + np.arange(length)[None, :]] = mat[rows, width - length:]
+
+
+_DIGITS4 = np.frombuffer(b"".join(b"%04d" % i for i in range(10_000)), dtype=np.uint32)  # "0000".."9999" as 4-byte words
+_POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
+
+
+def _ascii_ids(items: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(digits matrix (n, w) uint8, right-aligned and zero-padded; digit counts; w) of non-negative int64 ids.
+
+    Four digits at a time from a 10,000-entry table: ~30x cheaper than ``astype("S…")``, which formatted
+    each id on its own (~0.2 ms of a 1,000-candidate response).
+    """
+    n_chunks = max(1, -(-int(np.searchsorted(_POW10, int(items.max()), side="right") + 1) // 4))
+    words = np.empty((items.size, n_chunks), dtype=np.uint32)
+    rest = items
+    for c in range(n_chunks - 1, -1, -1):
+        rest, low = np.divmod(rest, 10_000)
+        words[:, c] = _DIGITS4[low]
+    lens = np.searchsorted(_POW10, items, side="right").astype(np.int64) + 1
+    return words.view(np.uint8), lens, 4 * n_chunks
 
 
 def encode_candidates(items: np.ndarray, merged: np.ndarray, offsets: np.ndarray, channel: np.ndarray,
@@ -69,11 +90,18 @@ def encode_candidates(items: np.ndarray, merged: np.ndarray, offsets: np.ndarray
     rank = np.asarray(rank, dtype=np.int64)
     counts = np.diff(np.asarray(offsets, dtype=np.int64))
     owner = np.repeat(np.arange(n), counts)
-    # item ids as ASCII digits
-    width = max(len(str(int(items.max()))), len(str(int(items.min()))))
-    id_s = items.astype(f"S{width}")
-    id_len = np.strings.str_len(id_s).astype(np.int64)
-    id_mat = np.frombuffer(id_s.tobytes(), dtype=np.uint8).reshape(n, width)
+    # item ids as ASCII digits: rows of id_mat hold them right-aligned (its last id_len bytes)
+    if int(items.min()) >= 0:
+        id_mat, id_len, width = _ascii_ids(items)
+    else:  # negative ids: numpy's formatting (left-aligned), moved to the right
+        width = max(len(str(int(items.max()))), len(str(int(items.min()))))
+        id_s = items.astype(f"S{width}")
+        id_len = np.strings.str_len(id_s).astype(np.int64)
+        left = np.frombuffer(id_s.tobytes(), dtype=np.uint8).reshape(n, width)
+        id_mat = np.zeros_like(left)
+        for length in np.unique(id_len).tolist():
+            rows = np.flatnonzero(id_len == length)
+            id_mat[rows, width - length:] = left[rows, :length]
     # channel names
     name_b = [nm.encode() for nm in names]
     name_len_of = np.array([len(b) for b in name_b], dtype=np.int64)

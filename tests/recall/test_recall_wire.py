@@ -32,3 +32,20 @@ def test_bulk_encoding_equals_the_message(n, max_channels, id_hi):
     rest = recall_pb2.RecallResponse(degraded=True, index_version="v1")
     whole = recall_pb2.RecallResponse.FromString(encode_candidates(items, merged, off, chan, score, rank, names) + rest.SerializeToString())
     assert list(whole.candidates) == list(expect.candidates) and whole.degraded and whole.index_version == "v1"
+
+
+@pytest.mark.parametrize("items", [
+    [0, 9, 10, 99, 100, 9999, 10_000, 10_001, 123_456_789, 10**15, 10**16 - 1, 2**63 - 1],
+    list(range(0, 2000, 7)),
+    [5],
+])
+def test_non_negative_ids_are_written_four_digits_at_a_time(items):
+    items = np.asarray(items, dtype=np.int64)
+    n = items.size
+    off = np.arange(n + 1, dtype=np.int64)
+    chan = np.zeros(n, np.int32)
+    score, rank, merged = np.ones(n), np.arange(n, dtype=np.int32), np.linspace(1, 0, n)
+    res = RecallResult(items, merged, off, chan, score, rank, ("embedding",))
+    got = recall_pb2.RecallResponse.FromString(encode_candidates(items, merged, off, chan, score, rank, ("embedding",)))
+    assert [c.item_id for c in got.candidates] == [str(i) for i in items.tolist()]
+    assert got == recall_pb2.RecallResponse(candidates=RecallServicer.candidates(res))
