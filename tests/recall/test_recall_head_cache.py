@@ -97,7 +97,7 @@ def test_refresh_reads_what_was_asked_and_skips_heads_nobody_wants():
 
     n1, n2 = asyncio.run(scenario())
     assert (n1, n2) == (2, 1)
-    assert src.calls[1:3] == [(["g"], 512, 1000), (["c:a"], 64, 1000)] or src.calls[1:3] == [(["c:a"], 64, 1000), (["g"], 512, 1000)]
+    assert src.calls[1:3] == [(["g"], 384, 1000), (["c:a"], 64, 1000)] or src.calls[1:3] == [(["c:a"], 64, 1000), (["g"], 384, 1000)]
     assert src.calls[3:] == [(["g"], 64, 1000)]  # only small asks since: back to their size
 
 
