@@ -107,7 +107,11 @@ class RecallArtifact:
 
     def recall(self, user_features: Mapping[str, Any] | None, recent_items: Sequence[int] | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores) for one user, -1 padding removed. Blocking (FAISS)."""
-        ids, scores = self.index.search(self.query_vector(user_features, recent_items)[None, :], k)
+        return self.search(self.query_vector(user_features, recent_items), k)
+
+    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) for one query vector, -1 padding removed. Blocking (FAISS releases the GIL)."""
+        ids, scores = self.index.search(vector[None, :], k)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 

@@ -81,7 +81,8 @@ class EmbeddingChannel:
             return ChannelResult.empty()
         art = self.live.current  # one version for the whole request
         features, recent = await self._inputs(art, query)
-        return await asyncio.to_thread(self._search, art, features, recent, k)
+        vector = art.query_vector(features, recent)
+        return await asyncio.to_thread(self._search, art, vector, k)
 
     async def _inputs(self, art: RecallArtifact, query: RecallQuery) -> tuple[Mapping[str, Any], Sequence[int] | None]:
         features: Mapping[str, Any] = query.user_features or {}
@@ -105,8 +106,8 @@ class EmbeddingChannel:
         return features, recent
 
     @staticmethod
-    def _search(art: RecallArtifact, features: Mapping[str, Any], recent: Sequence[int] | None, k: int) -> ChannelResult:
-        ids, scores = art.recall(features, recent, k)
+    def _search(art: RecallArtifact, vector: np.ndarray, k: int) -> ChannelResult:
+        ids, scores = art.search(vector, k)
         return ChannelResult(ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False))
 
     def __repr__(self) -> str:
