@@ -118,7 +118,7 @@ class RecallConfig(_Section):
         description="Per-channel time budget; a late channel is dropped and the response flagged degraded.",
     )
     index_kind: str = Field("auto", description="FAISS index: 'auto' (flat up to auto_flat_max_items, else ivfpq: measured ahead of HNSW by bench ann, see recall/index.py), 'hnsw', 'ivfpq' or 'flat' (exact).")
-    ivf_refine_budget: int = Field(3000, description="IVF-PQ: exact re-scores per query at most (about): a large k (the embedding channel asks ~750) shrinks the refine factor, never below 2; see recall/index.py.")
+    ivf_refine_budget: int = Field(2000, description="IVF-PQ: exact re-scores per query at most (about): a large k (the embedding channel asks ~750-970: factor 3) shrinks the refine factor, never below 2; see recall/index.py.")
     auto_flat_max_items: int = Field(20_000, description="index_kind auto: exact search up to this many items.")
     metric: str = Field("ip", description="'ip' (inner product) or 'cosine'.")
     embedding_dim: int = 64
