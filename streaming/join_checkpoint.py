@@ -3,7 +3,8 @@
 Keys (one hash tag, so one Redis Cluster slot and MULTI/EXEC works there too),
 for joiner group ``G`` under prefix ``P``::
 
-    P:{G}:meta      hash: input offsets, output end offsets, watermark, dedup floor, topics, sizes
+    P:{G}:meta      hash: input offsets, where to re-read impressions from, output end offsets, watermark, dedup
+                    floor, topics, sizes
     P:{G}:snapshot  list: the state as of the last compaction, in chunks (streaming.join_state.encode_entries)
     P:{G}:deltas    list: one blob per checkpoint since: the keys it changed (final value, or a tombstone)
     P:{G}:epoch     integer: incremented by every joiner start; a checkpoint only commits under its own epoch
@@ -26,8 +27,10 @@ from typing import Any
 
 import redis
 
-FORMAT_VERSION = "3"  # blobs of columns (streaming.join_state); "2" (one record per entry) still loads
-_READABLE = ("2", "3")
+# "4": open impressions without event types are not stored (re-read from the impressions topic from the offsets in
+# the meta's "replay"); "3" (all of them stored, blobs of columns) and "2" (one record per entry) still load
+FORMAT_VERSION = "4"
+_READABLE = ("2", "3", "4")
 _PAGE = 8  # list elements per LRANGE when loading (each up to a chunk)
 
 

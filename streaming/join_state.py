@@ -14,8 +14,8 @@ variables: only the fields the join and the sample need are decoded (slim
 message types, strings as bytes), an impression's negative sample is encoded
 once on arrival, as the Kafka record it becomes, by one join of table
 lookups; closing windows, emitting and marking are one inline loop, and the
-checkpoint's delta is written as it happens (markers) or kept as it is (open
-impressions). State entries are bytes and ints, never tuples, for the hot
+checkpoint's delta is written as it happens (markers); open impressions are
+not in it at all (re-read from the input at recovery). State entries are bytes and ints, never tuples, for the hot
 kinds: no work for the garbage collector. Sample ids are UTF-8 bytes.
 
 One entry per join key ``sample_id = "<request_id>:<item_id>"`` in one dict:
@@ -51,7 +51,9 @@ early events as orphans), counted as ``overflow``.
 
 The state changes since the last checkpoint are taken with
 :meth:`JoinState.take_delta_blobs` (applied in order after the state as of
-the last checkpoint, they give the state now) and stored by
+the last checkpoint, they give the durable state now: all of it but the open
+impressions without event types, which :meth:`JoinState.replay_impressions`
+re-opens from the input) and stored by
 :mod:`streaming.join_checkpoint`; :func:`encode_entries` /
 :func:`decode_entries` are their wire form (earlier forms still load).
 """
@@ -206,6 +208,7 @@ class JoinCounts:
     invalid: int = 0  # undecodable values or records missing ids (skipped)
     expired_impressions: int = 0  # impressions whose window ended before the dedup floor (dropped)
     forgotten: int = 0  # emitted markers forgotten after their retention
+    reopened: int = 0  # impressions re-read at recovery that were still open at the checkpoint (not in `impressions`)
     evicted_markers: int = 0  # emitted markers forgotten early (max_emitted)
 
     def minus(self, other: "JoinCounts") -> "JoinCounts":
@@ -339,6 +342,8 @@ class JoinState:
         self.floor_ms = -(1 << 62)  # newest window end of a forgotten marker
         self.counts = counts if counts is not None else JoinCounts()  # shared across recoveries by the joiner
         self.recovered: set[bytes] = set()  # ids found in the output tail at recovery (to count replays apart)
+        self.pinned: set[bytes] = set()  # open impressions every snapshot keeps (pin_open)
+        self.reopen: dict[bytes, int] = {}  # id -> time of its impression open at the checkpoint loaded, to re-read
 
     # ------------------------------------------------------------------ input
     def impression(self, value: bytes, partition: int, record_ts: int = 0) -> int:
@@ -365,7 +370,6 @@ class JoinState:
         parse = _SlimImpression.FromString
         window = self.window_ms
         floor = self.floor_ms
-        dirty = self.dirty
         closing = self._closing
         closing_lists, closing_keys, shift = closing.lists, closing.keys, closing.shift
         last_b, last_list = None, None
@@ -381,6 +385,8 @@ class JoinState:
         max_pending = self.max_pending
         n_open = self.n_open
         last_mv, last_mvf = None, None
+        log = self._log
+        log_sids, log_len, log_val = log.sids, log.lengths.append, log.values.append
         newest = -1
         invalid = expired = 0
         min_ms, max_ms = -_MAX_MS, _MAX_MS
@@ -402,15 +408,13 @@ class JoinState:
             close = ts + window
             e = get(sid)
             if e is not None:
-                self.n_open = n_open
-                if self._impression_again(sid, e, m, ts, close, partition):
+                if e.__class__ is not tuple:  # a marker or an open impression: a duplicate or a replay
+                    self._impression_again(sid, e, m, ts, close, partition)
                     if ts > newest:
                         newest = ts
-                else:
-                    invalid += 1
-                n_open = self.n_open
-                continue
-            if close <= floor:
+                    continue
+                # else early events wait for it: joined below, once its entry is made
+            elif close <= floor:
                 expired += 1
                 if ts > newest:
                     newest = ts
@@ -456,7 +460,17 @@ class JoinState:
                     invalid += 1
                     continue
                 entry = _OPEN_HEAD.pack(ts, partition, 0) + payload
-            entries[sid] = dirty[sid] = entry
+            if e is not None:
+                self.n_open = n_open
+                self._join_early(sid, e, entry, ts, close, partition)
+                n_open = self.n_open
+                if ts > newest:
+                    newest = ts
+                continue
+            entries[sid] = entry  # only its id goes in the delta (replayed from the input, see take_delta_blobs)
+            log_sids += sid  # self._log.add(sid, OPENED), inline
+            log_len(len(sid))
+            log_val(OPENED + ts)
             b = close >> shift  # self._closing.add(close, sid), inline
             if b == last_b:
                 last_list.append(sid)
@@ -482,29 +496,29 @@ class JoinState:
         self._deliver()
         return newest
 
-    def _impression_again(self, sid: bytes, e: Entry, m: Any, ts: int, close: int, partition: int) -> bool:
-        """An impression whose sid has an entry: joins early events, or is a duplicate / replay. False: invalid."""
+    def _join_early(self, sid: bytes, e: tuple[int, int, int, int, bytes, bytes], entry: bytes, ts: int, close: int,
+                    partition: int) -> None:
+        """The impression of early events `e` came (its open entry made, `entry`): a positive sample now if a
+        positive event happened within its window, else it opens with their types."""
+        pos_ms, types = e[2], e[4]
+        payload = entry[_OPEN_HEAD_SIZE:]
+        if 0 <= pos_ms <= close:
+            self._emit_sample(sid, payload, partition, ts, 1, types, e[3])
+            return
+        if pos_ms >= 0:
+            self.counts.late_clicks += 1
+        self.dirty_early.pop(sid, None)
+        self.entries[sid] = self.dirty[sid] = _OPEN_HEAD.pack(ts, partition, len(types)) + types + payload
+        self._closing.add(close, sid)
+
+    def _impression_again(self, sid: bytes, e: Entry, m: Any, ts: int, close: int, partition: int) -> None:
+        """An impression whose sid has an open entry or a marker: a duplicate, or a replay after a recovery."""
         c = self.counts
-        kind = _KIND_OF[e.__class__]
-        if kind == EARLY:
-            payload = self._payload(sid, m, ts)
-            if payload is None:
-                return False
-            pos_ms = e[2]
-            if pos_ms >= 0 and pos_ms <= close:
-                self._emit_sample(sid, payload, partition, ts, 1, e[4], e[3])
-            else:
-                if pos_ms >= 0:
-                    c.late_clicks += 1
-                self.dirty_early.pop(sid, None)
-                self.entries[sid] = self.dirty[sid] = _OPEN_HEAD.pack(ts, partition, len(e[4])) + e[4] + payload
-                self._closing.add(close, sid)
-        elif kind == DONE and sid in self.recovered:
+        if e.__class__ is int and sid in self.recovered:
             self.recovered.discard(sid)
             c.replayed += 1
         else:
             c.duplicate_impressions += 1
-        return True
 
     def events(self, records: Iterable[Any]) -> int:
         """Feed events-topic records (``.value``, ``.timestamp``); returns the newest time for the watermark (-1: none)."""
@@ -604,7 +618,8 @@ class JoinState:
                     run_append(rest)
                     end = imp_ms + window
                     entries[sid] = marker = end << 1 | 1
-                    dirty.pop(sid, None)
+                    if nt:  # (only an open impression with event types is in the delta)
+                        dirty.pop(sid, None)
                     log_add(sid, marker)
                     forget_add(end, sid)
                     positives += 1
@@ -729,7 +744,8 @@ class JoinState:
                     self._run(p, b"").append(record_rest(key, body + tail))
                 marker = end << 1
                 entries[sid] = marker  # mark_emitted, inline
-                dirty_pop(sid, None)
+                if nt:  # (only an open impression with event types is in the delta)
+                    dirty_pop(sid, None)
                 log_sids += sid  # self._log.add(sid, marker), inline
                 log_len(len(sid))
                 log_val(marker)
@@ -967,6 +983,14 @@ class JoinState:
         since, with their current value (a key that closed since is not
         among them: its marker or removal is in the log, and later); an open
         impression is stored as the bytes it is.
+
+        Not in it: open impressions as they arrived (no event type joined
+        yet) -- the bulk of the state, most of them closing within seconds
+        or minutes. The impressions topic holds them already: the joiner
+        checkpoints, per impressions partition, the offset of the oldest
+        impression that may still be open and re-reads the input from there
+        at recovery (:meth:`replay_impressions`). So a delta is the size of
+        what closed (an id and an integer each), not of what arrived.
         """
         log, dirty, early = self._log, self.dirty, self.dirty_early
         self.clear_delta()
@@ -982,16 +1006,79 @@ class JoinState:
         self._log, self.dirty, self.dirty_early = _Log(), {}, {}
 
     def snapshot(self) -> Iterator[tuple[bytes, Entry]]:
-        return iter(self.entries.items())
+        """The durable state (what a checkpoint holds): every entry, but an open impression without event types
+        as its id alone (OPENED: re-read from the input at recovery, see :meth:`take_delta_blobs`) unless pinned;
+        the ids still to re-read first."""
+        for sid, ts in self.reopen.items():
+            yield sid, OPENED + ts
+        H, pinned, unpack = _OPEN_HEAD_SIZE - 1, self.pinned, _INT64.unpack_from
+        for sid, e in self.entries.items():
+            if e.__class__ is not bytes or e[H] or sid in pinned:
+                yield sid, e
+            else:
+                yield sid, OPENED + unpack(e)[0]
+
+    def pin_open(self) -> None:
+        """Keep the open impressions there are now in every snapshot while they stay open: loaded from a
+        checkpoint written before open impressions were replayed from the input, they cannot be re-read."""
+        H = _OPEN_HEAD_SIZE - 1
+        self.pinned = {sid for sid, e in self.entries.items() if e.__class__ is bytes and not e[H]}
+
+    def replay_impressions(self, records: Sequence[Any], partition: int) -> int:
+        """Impression records read again at recovery, below the checkpointed input offset: each was read before
+        the checkpoint, so only the ones that opened an impression still open then -- its id OPENED in the
+        checkpoint (:attr:`reopen`), its entry not -- open again (events read since join them as they would
+        have); the rest (emitted, expired, duplicates, invalid, open with event types: in the checkpoint) is
+        skipped without a count: it was counted when first read. Returns the newest time among the reopened.
+        """
+        parse, entries = _SlimImpression.FromString, self.entries
+        recovered, reopen = self.recovered, self.reopen
+        keep, sids = [], []
+        for rec in records:
+            try:
+                m = parse(rec.value)
+            except _DECODE_ERRORS:
+                continue
+            sid = m.request_id + b":" + m.item_id
+            ts = reopen.get(sid)
+            if ts is not None and (m.timestamp_ms or rec.timestamp) == ts:  # (else another record of the id)
+                e = entries.get(sid)
+                if e is None or e.__class__ is tuple:  # (a marker: its sample was found in the output)
+                    keep.append(rec)
+                    sids.append(sid)
+            elif recovered:
+                recovered.discard(sid)
+        if not keep:
+            return -1
+        c = self.counts
+        before = c.copy()
+        newest = self.impressions(keep, partition)
+        for sid in sids:
+            if entries.get(sid).__class__ is not tuple:  # opened (or emitted at once): not again
+                reopen.pop(sid, None)
+        skipped = c.invalid + c.duplicate_impressions + c.expired_impressions - (
+            before.invalid + before.duplicate_impressions + before.expired_impressions)
+        c.impressions, c.invalid = before.impressions, before.invalid
+        c.duplicate_impressions, c.expired_impressions = before.duplicate_impressions, before.expired_impressions
+        c.reopened += len(keep) - skipped
+        return newest
 
     def load(self, items: Iterable[tuple[bytes, Entry | None]]) -> None:
-        """Apply stored (sid, entry-or-None) pairs in order (snapshot, then deltas); rebuilds counts and timelines."""
-        entries = self.entries
+        """Apply stored (sid, entry-or-None) pairs in order (snapshot, then deltas); rebuilds counts and timelines.
+        An OPENED id goes to :attr:`reopen` (its impression is re-read, :meth:`replay_impressions`) until a marker, an
+        open entry or a removal of it comes."""
+        entries, reopen = self.entries, self.reopen
+        opened_max = OPENED + _MAX_MS
         for sid, e in items:
             if e is None:
                 entries.pop(sid, None)
+                reopen.pop(sid, None)
+            elif e.__class__ is int and e < opened_max:
+                reopen[sid] = e - OPENED
             else:
                 entries[sid] = e
+                if e.__class__ is not tuple:  # (early events: the impression is still to come)
+                    reopen.pop(sid, None)
         self._rebuild()
 
     def load_blobs(self, blobs: Iterable[bytes]) -> None:
@@ -1297,10 +1384,17 @@ class Watermark:
 _BLOCK = struct.Struct("<BIQQQ")  # 3, n, total sid bytes, total types bytes, total payload bytes
 _BLOCK_MAGIC = 3
 # A log block (byte 4): markers and removals, in order: header (_LOG), n int64 values (window end * 2 + label; _GONE:
-# removed), n uint32 sid lengths, the sids.
+# removed; OPENED: an impression opened), n uint32 sid lengths, the sids.
 _LOG = struct.Struct("<BIQ")  # 4, n, total sid bytes
 _LOG_MAGIC = 4
 _GONE = -(1 << 63)
+OPENED = -(1 << 62)  # + impression time, in a log: the id's impression opened (re-read from the input at recovery)
+
+
+def opened_time(value: Any) -> int | None:
+    """The impression time of a stored OPENED value; None for anything else (a marker, an entry, None)."""
+    return value - OPENED if value.__class__ is int and OPENED - _MAX_MS < value < OPENED + _MAX_MS else None
+
 # An open block (byte 6): open impressions as they are kept: header (_OPEN_BLOCK), n uint32 sid lengths, n uint32
 # entry lengths, the sids, the entries. (Byte 5: the same, from before the payloads' record layout.)
 _OPEN_BLOCK = struct.Struct("<BIQQ")  # 6, n, total sid bytes, total entry bytes
@@ -1546,7 +1640,7 @@ def parse_sample_id(value: bytes) -> tuple[bytes, int, int] | None:
     return s.sample_id, s.impression_timestamp_ms, int(s.label >= 0.5)
 
 
-__all__ = ["DONE", "EARLY", "OPEN", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
+__all__ = ["DONE", "EARLY", "OPEN", "OPENED", "Entry", "JoinCounts", "JoinState", "Watermark", "decode_entries", "encode_entries",
            "ZIGZAG", "NEGATIVE_TAIL_LEN", "build_sample", "encode_body", "encode_log", "encode_open", "encode_payload",
-           "event_type_numbers", "iter_samples", "parse_sample_id", "payload_parts", "positive_tail", "record_payload", "record_rest",
+           "event_type_numbers", "iter_samples", "opened_time", "parse_sample_id", "payload_parts", "positive_tail", "record_payload", "record_rest",
            "sample_id", "sample_tail"]

@@ -35,15 +35,23 @@ How (read-your-own-output recovery)
   written so far is acknowledged, or the flush raises), read the samples
   topic's end offsets, then write -- in one Redis MULTI/EXEC guarded by the
   joiner's epoch (:mod:`streaming.join_checkpoint`) -- the state changes since
-  the last checkpoint (open impressions, early events, emitted-sample
-  markers), the input offsets and those output end offsets. (Tansu answers
+  the last checkpoint (emitted-sample markers, early events, the ids of the
+  impressions opened), the input offsets, per impressions partition the
+  offset of the oldest impression that may still be open, and those output
+  end offsets. Open impressions themselves are not stored: the impressions
+  topic holds them (the bulk of the state, most closing within a window),
+  so a checkpoint costs what closed, not what arrived. (Tansu answers
   ListOffsets with a lower bound of the end -- the last batch's base offset
   + 1 --, which is all this needs: every later sample lies beyond it.)
 * Recovery (every start, and after a failed send or Redis error): wait until
   no produce request is in flight, load the checkpoint, read the samples
   topic from the checkpointed end offsets to its real end (the fetch high
   watermark): those samples were written after the checkpoint, so their ids
-  are marked emitted; then re-read the inputs from the checkpointed offsets.
+  are marked emitted; then re-read the inputs from the checkpointed offsets,
+  the impressions from the oldest one still open: below the checkpointed
+  offset only the records that opened an impression still open then open
+  it again (:meth:`streaming.join_state.JoinState.replay_impressions`; so
+  the impressions topic must retain an attribution window of records).
   Replayed impressions and clicks meet the markers and are not written
   again; the samples that had not landed are written now. The writer never
   retries on its own (a retry can append twice); a failed send is a recovery.
@@ -75,6 +83,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +235,10 @@ class Joiner:
         self.state: JoinState = self._new_state()
         self.watermark = Watermark(int(s.joiner_allowed_lateness_s * 1000), int(s.joiner_idle_advance_s * 1000))
         self.positions: dict[TopicPartition, int] = {}
+        # Per impressions partition: (first offset, latest close time) of each poll's records, oldest first -- the
+        # oldest entry whose close time the watermark has not passed is where a recovery re-reads from (_meta)
+        self._open_from: dict[TopicPartition, deque[tuple[int, int]]] = {}
+        self._replay_until: dict[TopicPartition, int] = {}  # re-reading up to the checkpointed offset (recovery)
         self.input_tps: list[TopicPartition] = []
         self.out_partition: dict[int, int | None] = {}
         self._unsaved: list[bytes] = []
@@ -301,6 +314,8 @@ class Joiner:
         s = self.config.streaming
         self.watermark = Watermark(int(s.joiner_allowed_lateness_s * 1000), int(s.joiner_idle_advance_s * 1000))
         self._unsaved = []
+        self._open_from = {tp: deque() for tp in self.input_tps if tp.topic == self.topics.impressions}
+        self._replay_until = {}
         begin = self.consumer.beginning_offsets(self.input_tps)
         found = 0
         if stored is None:
@@ -326,6 +341,24 @@ class Joiner:
             offsets = meta.get("in", {})
             self.positions = {tp: max(int(offsets.get(f"{tp.topic}:{tp.partition}", 0)), int(begin[tp]))
                               for tp in self.input_tps}
+            replay = meta.get("replay")
+            if replay is None:  # written before open impressions were re-read: the checkpoint holds them all
+                state.pin_open()
+            else:
+                for tp in self._open_from:
+                    until = self.positions[tp]
+                    start = int(replay.get(f"{tp.topic}:{tp.partition}", until))
+                    if start < int(begin[tp]):
+                        log.error("joiner %s: %s:%d no longer has the impressions from offset %d on that were open "
+                                  "at the checkpoint (it begins at %d: retention shorter than the attribution "
+                                  "window?); those before are lost", self.group, tp.topic, tp.partition, start,
+                                  begin[tp])
+                        start = int(begin[tp])
+                    if start < until:
+                        self.positions[tp] = start
+                        self._replay_until[tp] = until
+                if not self._replay_until:
+                    state.reopen.clear()
             out_start = {int(p): int(o) for p, o in meta.get("out", {}).items()}
             for value in self.tail.read(out_start):
                 parsed = parse_sample_id(value)
@@ -423,7 +456,14 @@ class Joiner:
 
     # ------------------------------------------------------------------ loop
     def _step(self) -> int:
-        polled = self.consumer.poll(timeout_ms=200, max_records=self.poll_max)
+        # Records already fetched first, without waiting: kafka-python 3.0's poll sleeps retry_backoff_ms (100 ms)
+        # when a fetch response is processed on its IO thread between its drain and its next fetch (the response
+        # waited in the socket while this thread held the GIL, joining) -- it finds nothing in flight and nothing
+        # drained and takes itself for idle, with a full buffer. A poll without a timeout never sleeps; the one
+        # after it finds the buffer filled (or waits for the fetch in flight).
+        polled = self.consumer.poll(timeout_ms=0, max_records=self.poll_max)
+        if not polled:
+            polled = self.consumer.poll(timeout_ms=200, max_records=self.poll_max)
         state, wm = self.state, self.watermark
         imp_topic = self.topics.impressions
         n = 0
@@ -432,7 +472,16 @@ class Joiner:
                 continue
             n += len(records)
             if tp.topic == imp_topic:
-                newest = state.impressions(records, tp.partition)
+                until = self._replay_until.get(tp)
+                if until is None:
+                    newest = state.impressions(records, tp.partition)
+                else:
+                    newest = self._replay(tp, records, until)
+                if newest >= 0:
+                    polls = self._open_from[tp]
+                    close = newest + self.window_ms
+                    if not polls or polls[-1][1] < close:  # (an older poll closing later covers this one)
+                        polls.append((records[0].offset, close))
             else:
                 newest = state.events(records)
             if newest >= 0:
@@ -446,6 +495,21 @@ class Joiner:
         self.writer.poll()  # type: ignore[union-attr]
         self._publish()
         return n
+
+    def _replay(self, tp: TopicPartition, records: list[Any], until: int) -> int:
+        """Impression records of a recovery's re-read: those below the checkpointed offset `until` as
+        :meth:`JoinState.replay_impressions`, the rest as usual."""
+        state = self.state
+        if records[-1].offset < until:
+            return state.replay_impressions(records, tp.partition)
+        cut = 0
+        while records[cut].offset < until:
+            cut += 1
+        newest = state.replay_impressions(records[:cut], tp.partition) if cut else -1
+        del self._replay_until[tp]
+        if not self._replay_until:  # every id to re-open was met (or lies below a truncated log's start)
+            state.reopen.clear()
+        return max(newest, state.impressions(records[cut:], tp.partition))
 
     def _caught_up_set(self) -> list[TopicPartition]:
         out = []
@@ -535,7 +599,9 @@ class Joiner:
         return {
             "topics": {"impressions": self.topics.impressions, "events": self.topics.events,
                        "samples": self.topics.samples},
-            "in": {f"{tp.topic}:{tp.partition}": off for tp, off in self.positions.items()},
+            "in": {f"{tp.topic}:{tp.partition}": max(off, self._replay_until.get(tp, 0))
+                   for tp, off in self.positions.items()},
+            "replay": self._replay_offsets(),
             "out": {str(p): o for p, o in out.items()},
             "watermark_ms": self.state.watermark_ms,
             "floor_ms": self.state.floor_ms,
@@ -544,6 +610,18 @@ class Joiner:
             "emitted": self.state.n_done,
             "updated_ms": int(time.time() * 1000),
         }
+
+    def _replay_offsets(self) -> dict[str, int]:
+        """Per impressions partition, where a recovery re-reads from: the first offset of the oldest poll that may
+        hold an impression still open (its latest close time not passed by the watermark; conservative: some of
+        it may have closed otherwise); the read position when none may (or when nothing is open at all)."""
+        wm, out = self.state.watermark_ms, {}
+        nothing_open = self.state.n_open == 0
+        for tp, polls in self._open_from.items():
+            while polls and (nothing_open or polls[0][1] <= wm):
+                polls.popleft()
+            out[f"{tp.topic}:{tp.partition}"] = polls[0][0] if polls else self.positions[tp]
+        return out
 
     def _maybe_log(self) -> None:
         now = time.monotonic()
