@@ -138,9 +138,10 @@ class HeadCache:
     the popular and fresh channels' 3 ms budgets timed out on 11-14 % of calls.
 
     A head is served while it is younger than ``ttl_s``, holds at least k
-    entries (or the whole set), and -- when the caller's head depends on the
-    request time, as fresh windows do -- was read for a request time within
-    ``ttl_s`` of this one. With a `fetch` (``fetch(keys, size, now_ms) ->
+    entries (or the whole set; :meth:`heads` serves a shorter one too, see
+    there), and -- when the caller's head depends on the request time, as
+    fresh windows do -- was read for a request time within ``ttl_s`` of this
+    one. With a `fetch` (``fetch(keys, size, now_ms) ->
     [(items, scores, extra)]``), :meth:`heads` reads what is missing in one
     call and a background task (on the event loop of the first request) reads
     again each head looked up in the last ``keep_s`` once it is ``ttl_s / 2`` old
@@ -159,7 +160,7 @@ class HeadCache:
         self._fetch = fetch
         self._heads: dict[str, _Head] = {}
         self._task: asyncio.Task[None] | None = None
-        self.stats = {"hits": 0, "misses": 0, "refreshed": 0, "refresh_errors": 0}
+        self.stats = {"hits": 0, "misses": 0, "short": 0, "refreshed": 0, "refresh_errors": 0}
 
     @staticmethod
     def fetch_size(k: int) -> int:
@@ -170,8 +171,12 @@ class HeadCache:
         which grows with its length -- close to what is asked."""
         return max(64, -(-(k + k // 4) // 64) * 64)
 
-    def get(self, key: str, k: int, now_ms: int | None = None) -> tuple[np.ndarray, np.ndarray, Any] | None:
-        """The cached head of `key`, or None; `now_ms` None skips the request-time check (heads not tied to it)."""
+    def get(self, key: str, k: int, now_ms: int | None = None, *,
+            short_ok: bool = False) -> tuple[np.ndarray, np.ndarray, Any] | None:
+        """The cached head of `key`, or None; `now_ms` None skips the request-time check (heads not tied to it).
+
+        `short_ok`: a fresh head read for fewer than k entries is served as it is (and the next refresh reads
+        the larger size) instead of counting as a miss."""
         if self.ttl_s <= 0:
             return None
         head = self._heads.get(key)
@@ -185,7 +190,9 @@ class HeadCache:
         if t - head.at > self.ttl_s or (now_ms is not None and abs(now_ms - head.at_ms) > self.ttl_s * 1000.0):
             return None
         if head.size < k and head.items.size >= head.size:  # the set may hold more than was fetched
-            return None
+            if not short_ok:
+                return None
+            self.stats["short"] += 1
         return head.items, head.scores, head.extra
 
     def put(self, key: str, k: int, now_ms: int, items: np.ndarray, scores: np.ndarray, extra: Any = None) -> None:
@@ -193,17 +200,21 @@ class HeadCache:
             self._heads[key] = _Head(time.monotonic(), k, now_ms, items, scores, extra,
                                      wanted_at=time.monotonic(), want_ms=now_ms)
 
-    async def heads(self, keys: Sequence[str], k: int, now_ms: int, *,
-                    timed: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
+    async def heads(self, keys: Sequence[str], k: int, now_ms: int, *, timed: bool = False,
+                    short_ok: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
         """``{key: (items, scores, extra)}``: cached heads, the others read now with `fetch` (needs one).
 
-        `timed`: the heads depend on the request time (``get``'s `now_ms` check).
+        `timed`: the heads depend on the request time (``get``'s `now_ms` check). `short_ok` (default): a
+        fresh head shorter than k is served as it is -- an unusually large ask (the merge's second round
+        after a late channel asks for ~3x the usual k) gets fewer items rather than a read of ~1,000-entry
+        heads, which costs valkey ~2 ms each and stalls every other request's reads behind it; the next
+        refresh reads the larger size, so repeated large asks are served in full from then on.
         Starts the background refresh on the running loop when it is not running.
         """
         out: dict[str, tuple[np.ndarray, np.ndarray, Any]] = {}
         missing: list[str] = []
         for key in keys:
-            head = self.get(key, k, now_ms if timed else None)
+            head = self.get(key, k, now_ms if timed else None, short_ok=short_ok)
             if head is None:
                 missing.append(key)
             else:

@@ -171,3 +171,25 @@ def test_a_popular_channel_keeps_serving_updated_heads_without_request_reads(red
     assert first.items.tolist() == [11, 10]
     assert latest.items.tolist() == [12, 11, 10]
     assert stats["misses"] == 1 and stats["refreshed"] >= 1  # the update came in through the background refresh
+
+
+def test_a_larger_ask_gets_the_cached_head_now_and_the_larger_one_after_the_next_refresh():
+    src = Source()
+    src.sets["g"] = list(range(1000))
+
+    async def scenario():
+        cache = HeadCache(60.0, src.fetch)
+        await cache.heads(["g"], 10, 1000)
+        cache.close()
+        short = await cache.heads(["g"], 300, 1000)  # no Redis read on the request path...
+        calls_before_refresh = len(src.calls)
+        await cache.refresh()  # ...the refresh reads what was asked
+        full = await cache.heads(["g"], 300, 1000)
+        strict = await cache.heads(["g"], 700, 1000, short_ok=False)  # the old rule: read it now
+        return short, calls_before_refresh, full, strict, dict(cache.stats)
+
+    short, calls_before_refresh, full, strict, stats = asyncio.run(scenario())
+    assert short["g"][0].size == 64 and calls_before_refresh == 1
+    assert full["g"][0].size == 384 and strict["g"][0].size == 896
+    assert src.calls[1:] == [(["g"], 384, 1000), (["g"], 896, 1000)]
+    assert stats["short"] == 1 and stats["misses"] == 2
