@@ -395,6 +395,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         store = OnlineStore(client, project, config.features.online_batch_keys)
         # the same store reading through redis-py's connection API (online_lean_reads off): before/after in one run
         redispy_store = OnlineStore(client, project, config.features.online_batch_keys, lean_reads=False)
+        # and the lean path with every reply parsed by hiredis (rows as bytes objects, not read in place)
+        hiredis_store = OnlineStore(client, project, config.features.online_batch_keys, fixed_rows=False)
         view = bench_view()
         _step(f"writing {population:,} entities x {N_FEATURES} features")
         for s in range(0, population, 50_000):
@@ -425,28 +427,30 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         for i in range(30):
             store.read(plan, samples[i], now=now)
             redispy_store.read(plan, samples[i], now=now)
+            hiredis_store.read(plan, samples[i], now=now)
             raw_mget(raw_keys[i])
         _step(f"timing {requests} requests of {BATCH} entities (ours vs raw MGET, alternating)")
         gc.collect()
         # Each method reads its own random entities (no method finds the server's caches warmed by another's
         # identical keys), and the order of the three rotates per round.
-        lat: dict[str, list[float]] = {"ours": [], "raw": [], "plain": [], "redispy_path": []}
+        lat: dict[str, list[float]] = {"ours": [], "raw": [], "plain": [], "redispy_path": [], "hiredis_rows": []}
         n = len(samples)
         calls = {
             "raw": lambda i: raw_mget(raw_keys[i]),
             "ours": lambda i: store.read(plan, samples[(i + n // 4) % n], now=now),
             "plain": lambda i: redispy_mget(raw_keys[(i + 2 * n // 4) % n]),
             "redispy_path": lambda i: redispy_store.read(plan, samples[(i + 3 * n // 4) % n], now=now),
+            "hiredis_rows": lambda i: hiredis_store.read(plan, samples[(i + n // 8) % n], now=now),
         }
         order = list(calls)
         for i in range(n):
-            for name in order[i % 4:] + order[: i % 4]:
+            for name in order[i % len(order):] + order[: i % len(order)]:
                 t0 = time.perf_counter()
                 out = calls[name](i)
                 lat[name].append(time.perf_counter() - t0)
                 if name == "ours":
                     result = out
-        ours, raw, plain, legacy = lat["ours"], lat["raw"], lat["plain"], lat["redispy_path"]
+        ours, raw, plain, legacy, rows_hiredis = lat["ours"], lat["raw"], lat["plain"], lat["redispy_path"], lat["hiredis_rows"]
         client.connection_pool.release(conn)
         assert result.column("f00").shape == (BATCH,)
         # Decomposition of one request: key building, round trip, decode.
@@ -480,6 +484,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         **{f"redispy_mget_{k}": v for k, v in percentiles(plain).items()},
         **{f"read_redispy_path_{k}": v for k, v in percentiles(legacy).items()},
         "lean_path_speedup_mean": float(np.mean(legacy) / np.mean(ours)),
+        **{f"read_hiredis_rows_{k}": v for k, v in percentiles(rows_hiredis).items()},
+        "fixed_rows_speedup_mean": float(np.mean(rows_hiredis) / np.mean(ours)),
         "read_values_per_s": ours_rate,
         "raw_mget_values_per_s": raw_rate,
         "ratio_to_raw_mget": ours_rate / raw_rate,
@@ -499,7 +505,9 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             "order: OnlineStore.read (key build, MGET, numpy decode, status matrix, TTL check) vs raw MGET of "
             "pre-built keys with no decode (hiredis-packed on one connection, the store's own transport), "
             "redis-py's client.mget for reference, and OnlineStore.read with lean_reads=False (keys built as "
-            "strings, packed by hiredis, replies through redis-py's connection: the read path before the lean one)",
+            "strings, packed by hiredis, replies through redis-py's connection: the read path before the lean one), and "
+            "OnlineStore.read with fixed_rows=False (lean, but every row a bytes object from hiredis, not read in "
+            "place off the receive buffer)",
             "values/s = entities x features x requests / summed latency; ratio = ours / raw",
             "layouts: 10k entities, reads of 1,000 random entities decoded into numpy columns; writes idempotent "
             "(compare event_ts server-side)",

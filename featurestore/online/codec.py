@@ -284,26 +284,38 @@ class RowCodec:
         return self.encode(pa.table(arrays), np.array([event_ts], dtype=np.int64))[0]
 
     # ------------------------------------------------------------------ decode
-    def decode(self, raw: Sequence[bytes | None], wanted: Sequence[int]) -> DecodedRows:
-        """Decode the stored rows (None = no row) for the feature positions `wanted`."""
+    def decode(self, raw: Sequence[bytes | None] | np.ndarray, wanted: Sequence[int]) -> DecodedRows:
+        """Decode the stored rows (None = no row) for the feature positions `wanted`.
+
+        `raw` may also be a (rows, fixed_size) uint8 array of a view without variable-length features, every
+        row present, its rows possibly strided (`featurestore.online.replies`: fixed rows read in place off
+        the receive buffer); every value is copied out of it, nothing returned refers to it.
+        """
         fsize = self.fixed_size
         buf = None
-        if not self.varlen:
+        rec = None
+        if isinstance(raw, np.ndarray):
+            if self.varlen or raw.ndim != 2 or raw.shape[1] != fsize or raw.dtype != np.uint8 or raw.strides[1] != 1:
+                raise ValueError("stored row of unexpected size: layout version mismatch")
+            rec = raw.view(self.dtype)[:, 0]  # one record per row, strided like the rows
+            present, rows = range(len(raw)), raw
+        elif not self.varlen:
             try:  # all found (the common case): no per-row Python work at all
                 buf = b"".join(raw)
                 present, rows = range(len(raw)), raw
             except TypeError:  # some None
                 pass
-        if buf is None:
+        if buf is None and rec is None:
             if None in raw:
                 present = [i for i, v in enumerate(raw) if v is not None]
                 rows = [raw[i] for i in present]
             else:  # all found: no per-row filtering
                 present, rows = range(len(raw)), raw
             buf = b"".join([r[:fsize] for r in rows]) if self.varlen else b"".join(rows)
-        if not self.varlen and len(buf) != fsize * len(rows):
+        if not self.varlen and not isinstance(raw, np.ndarray) and len(buf) != fsize * len(rows):
             raise ValueError("stored row of unexpected size: layout version mismatch")
-        rec = np.frombuffer(buf, dtype=self.dtype)
+        if rec is None:
+            rec = np.frombuffer(buf, dtype=self.dtype)
         ts = rec["ts"].astype(np.int64)
         nulls = None
         if self.null_bytes:
@@ -315,8 +327,8 @@ class RowCodec:
         for run in self._runs(tuple(wanted)):
             j0, dt = wanted[run[0]], self._scalar[wanted[run[0]]][1]
             if len(rows):  # one strided 2-D view over the run of fields, one transposing copy
-                mat = np.ndarray((len(rows), len(run)), dtype=dt, buffer=buf, offset=self._scalar[j0][0],
-                                 strides=(fsize, 8))
+                first = rec[f"f{j0}"]
+                mat = np.lib.stride_tricks.as_strided(first, (len(rows), len(run)), (first.strides[0], 8))
                 cols = mat.T.copy()
             else:
                 cols = np.empty((len(run), 0), dtype=dt)
@@ -327,8 +339,8 @@ class RowCodec:
                 continue
             f = self.features[j]
             if is_fixed(f):
-                col = rec[f"f{j}"]
-                values[r] = col.view(bool) if f.dtype is ValueType.BOOL else np.ascontiguousarray(col)
+                col = np.ascontiguousarray(rec[f"f{j}"])  # a copy: `rec` may be a view of a reused buffer
+                values[r] = col.view(bool) if f.dtype is ValueType.BOOL else col
             else:
                 values[r] = self._decode_varlen(j, f, rows, rec)
         pos = np.arange(len(raw), dtype=np.int64) if isinstance(present, range) else np.asarray(present, dtype=np.int64)

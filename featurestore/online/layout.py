@@ -198,12 +198,14 @@ class _MgetPacker:
             return None
         return self._command(len(ids), lens, ids, None)
 
-    def pack_ints(self, ids: list[int]) -> bytes | None:
-        """The MGET of these Python ints; None when one is negative or beyond int64."""
-        try:
-            arr = np.asarray(ids, dtype=np.int64)
-        except OverflowError:
-            return None
+    def pack_ints(self, ids: list[int], arr: np.ndarray | None = None) -> bytes | None:
+        """The MGET of these Python ints (`arr`: the same as int64, when the caller has it); None when one is
+        negative or beyond int64."""
+        if arr is None:
+            try:
+                arr = np.asarray(ids, dtype=np.int64)
+            except OverflowError:
+                return None
         if arr.min() < 0:
             return None
         lens = (np.searchsorted(_POWERS_OF_TEN, arr, side="right") + 1).tolist()
@@ -225,7 +227,7 @@ class EntityKeys(Sequence[str]):
     hash tag, then `tail`, e.g. ``:n``).
     """
 
-    __slots__ = ("prefix", "values", "arity", "tail", "tagged", "_keys")
+    __slots__ = ("prefix", "values", "arity", "tail", "tagged", "_keys", "_ints")
 
     def __init__(self, prefix: str, values: Sequence[Any], arity: int = 1, tail: str = "", tagged: bool = False) -> None:
         self.prefix = prefix
@@ -234,6 +236,7 @@ class EntityKeys(Sequence[str]):
         self.tail = tail
         self.tagged = tagged
         self._keys: list[str] | None = None
+        self._ints: np.ndarray | None = None  # the values as int64, when `unique` found them all Python ints
 
     def __len__(self) -> int:
         return len(self.values)
@@ -256,6 +259,7 @@ class EntityKeys(Sequence[str]):
     def with_tail(self, tail: str) -> EntityKeys:
         """The same entities' keys with another tail (a windowed view's ``:n``, ``:l0``, ...)."""
         out = EntityKeys(self.prefix, self.values, self.arity, self.tail + tail, self.tagged)
+        out._ints = self._ints
         if self._keys is not None:
             out._keys = [k + tail for k in self._keys]
         return out
@@ -272,6 +276,8 @@ class EntityKeys(Sequence[str]):
         escaping and the fast packer can take them; else None."""
         if self.arity != 1 or len(self.values) == 0:
             return None
+        if self._ints is not None:
+            return self.values, True
         types = set(map(type, self.values))
         if types == {int}:
             return (self.values if isinstance(self.values, list) else list(self.values)), True
@@ -292,8 +298,20 @@ class EntityKeys(Sequence[str]):
         """
         values = self.values
         n = len(values)
+        if self.arity == 1 and isinstance(values, list) and n > 1 and set(map(type, values)) == {int}:
+            # Python ints (the common case): as int64 -- which packing needs too -- they are distinct when their
+            # sorted copy has no equal neighbours; one pass over the objects fewer than a set() of them.
+            try:
+                ints = np.asarray(values, dtype=np.int64)
+            except OverflowError:
+                ints = None
+            if ints is not None:
+                ordered = np.sort(ints)
+                if not (ordered[1:] == ordered[:-1]).any():
+                    self._ints = ints
+                    return self, None
         try:
-            if len(set(values)) == n:  # the common case: one C-speed check
+            if len(set(values)) == n:  # one C-speed check
                 return self, None
             homogeneous = set(map(type, values)) in ({int}, {str})  # equal values <=> equal keys (1 == True does not)
         except TypeError:  # unhashable values: dedup on the keys (or let them raise their error)
@@ -331,7 +349,10 @@ class EntityKeys(Sequence[str]):
             cmd = None
             if packer is not None:
                 ids, ints = found
-                cmd = packer.pack_ints(ids[i: i + step]) if ints else packer.pack(ids[i: i + step])
+                if ints:
+                    cmd = packer.pack_ints(ids[i: i + step], None if self._ints is None else self._ints[i: i + step])
+                else:
+                    cmd = packer.pack(ids[i: i + step])
             if cmd is None:
                 cmd = pack(("MGET", *self.keys()[i: i + step]))
             yield cmd

@@ -19,15 +19,10 @@ import pyarrow as pa
 import redis
 
 try:
-    from hiredis import ProtocolError as _ProtocolError
-    from hiredis import PushNotification as _Push
     from hiredis import Reader as _Reader
     from hiredis import pack_command as _pack_command
 except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
-    _pack_command = _Reader = _Push = None
-
-    class _ProtocolError(Exception):  # type: ignore[no-redef]
-        pass
+    _pack_command = _Reader = None
 
 from featurestore.definitions import (
     AggregationFunction,
@@ -61,6 +56,8 @@ from featurestore.online.layout import (
     window_entity_bases,
     window_prefix,
 )
+from featurestore.online.replies import ProtocolError as _ProtocolError
+from featurestore.online.replies import ReplyStream
 
 OnlineView = FeatureView | WindowedFeatureView
 _log = logging.getLogger("cascade.featurestore.online")
@@ -108,26 +105,6 @@ def _lean_capable(client: Any) -> bool:
         return False
     cls = getattr(pool, "connection_class", None)
     return isinstance(cls, type) and issubclass(cls, redis.connection.AbstractConnection)
-
-
-def _read_replies(sock: Any, count: int, buf: bytearray) -> Iterator[Any]:
-    """`count` replies (RESP2 or RESP3) read off `sock` with a hiredis Reader, each as soon as it is complete;
-    error replies come back as values. A RESP3 push message (a server notice this reader does not act on)
-    raises hiredis' ProtocolError: the caller drops the connection and redoes the read through redis-py."""
-    reader = _Reader(replyError=redis.exceptions.ResponseError)
-    left = count
-    while left:
-        reply = reader.gets()
-        if reply is False:  # incomplete: read more
-            n = sock.recv_into(buf)
-            if not n:
-                raise ConnectionResetError("the server closed the connection mid-reply")
-            reader.feed(buf, 0, n)
-        elif isinstance(reply, _Push):
-            raise _ProtocolError(f"a RESP3 push message arrived between replies: {reply[:1]!r}")
-        else:
-            left -= 1
-            yield reply
 
 
 @dataclass
@@ -285,6 +262,16 @@ def _default_fill(f: Feature) -> Any:
     return f.default
 
 
+def _joined(parts: list[Any]) -> Any:
+    """The replies of one key list's MGET chunks as one: rows arrays stacked, else one list of bytes / None."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts)
+    out: list[Any] = []
+    for p in parts:  # some chunk had a missing key: the list form (rare: only when chunks differ)
+        out.extend(np.frombuffer(p.tobytes(), dtype=f"V{p.shape[1]}").tolist() if isinstance(p, np.ndarray) else p)
+    return out
+
+
 class OnlineStore:
     """Typed feature rows and window tiles in Redis (single server or cluster), per project.
 
@@ -295,7 +282,7 @@ class OnlineStore:
 
     def __init__(self, client: redis.Redis | redis.RedisCluster, project: str, batch_keys: int = 2000, *,
                  lean_reads: bool = True, cache_ttl_s: float = 0.0, cache_entities: Sequence[str] = (),
-                 cache_max_entries: int = 100_000) -> None:
+                 cache_max_entries: int = 100_000, fixed_rows: bool = True) -> None:
         self.client = client
         self.project = project
         self.batch_keys = batch_keys
@@ -303,6 +290,9 @@ class OnlineStore:
         if client.get_encoder().decode_responses:
             raise ValueError("the online store needs a client with decode_responses=False (rows are binary)")
         self._lean = bool(lean_reads) and not self.cluster and _lean_capable(client)
+        # lean reads of fixed-size rows take them in place off the receive buffer (`featurestore.online.replies`);
+        # off: every reply through hiredis (a same-run comparison for bench online_features)
+        self._fixed_rows = self._lean and bool(fixed_rows)
         self._local = threading.local()  # per thread: the lean path's receive buffer
         # Views keyed by one of `cache_entities` (e.g. items: every request shares them) are read through a
         # short-lived in-process cache of their stored rows (`featurestore.online.cache`); off when ttl is 0.
@@ -421,6 +411,7 @@ class OnlineStore:
         # one user's rows beside 1,000 items (decoding that user's rings 1,000 times cost ~3 ms).
         key_lists: list[EntityKeys] = []
         families: list[str | None] = []  # per key list: its name in the row cache (None: not cached)
+        sizes: list[int | None] = []  # per key list: the size of every stored value when all have one (fixed rows)
         views: list[tuple[_ViewRead, np.ndarray | None, int]] = []
         for r in plan.reads:
             values = self._entity_values(r.info, entity_keys)
@@ -430,11 +421,13 @@ class OnlineStore:
                 for kind, i in r.parts:
                     key_lists.append(keys.with_tail(tc.numeric_suffix if kind == "rings" else tc.lists[i].suffix))
                     families.append(self._cache_family(r.info, key_lists[-1]))
+                    sizes.append(None)
             else:
                 key_lists.append(keys)
                 families.append(self._cache_family(r.info, keys))
+                sizes.append(r.info.codec.fixed_size if self._fixed_rows and not r.info.codec.varlen else None)
             views.append((r, inverse, len(keys)))
-        raws = self._mget_cached(key_lists, families)  # each view decoded as soon as its replies are in
+        raws = self._mget_cached(key_lists, families, sizes)  # each view decoded as soon as its replies are in
         try:
             status, columns, event_ts = self._decode_views(views, raws, n, len(plan.refs), now_us)
         finally:
@@ -492,24 +485,29 @@ class OnlineStore:
             return None
         return keys.prefix + ("}" if keys.tagged else "") + keys.tail
 
-    def _mget_cached(self, key_lists: list[EntityKeys], families: list[str | None]) -> Iterator[list[bytes | None]]:
-        """`_mget_many`, except that keys of cached families are taken from the cache when it has them."""
+    def _mget_cached(self, key_lists: list[EntityKeys], families: list[str | None],
+                     sizes: list[int | None] | None = None) -> Iterator[list[bytes | None] | np.ndarray]:
+        """`_mget_many`, except that keys of cached families are taken from the cache when it has them (as bytes:
+        those are never read as fixed rows)."""
         if self.cache is None or not any(families):
-            yield from self._mget_many(key_lists)
+            yield from self._mget_many(key_lists, sizes)
             return
         cache = self.cache
         fetch: list[EntityKeys] = []
+        fetch_sizes: list[int | None] = []
         answers: list[tuple[list[Any] | None, list[int] | None]] = []  # per key list: (cached answers, their misses)
-        for keys, family in zip(key_lists, families):
+        for v, (keys, family) in enumerate(zip(key_lists, families)):
             if family is None:
                 fetch.append(keys)
+                fetch_sizes.append(sizes[v] if sizes is not None else None)
                 answers.append((None, None))
                 continue
             got, missing = cache.lookup(family, keys.values)
             if missing:
                 fetch.append(keys if len(missing) == len(got) else keys.subset(missing))
+                fetch_sizes.append(None)
             answers.append((got, missing))
-        fetched = zip(fetch, self._mget_many(fetch)) if fetch else iter(())
+        fetched = zip(fetch, self._mget_many(fetch, fetch_sizes)) if fetch else iter(())
         for family, (got, missing) in zip(families, answers):
             if got is not None and not missing:
                 yield got
@@ -526,13 +524,21 @@ class OnlineStore:
                 got[i] = v
             yield got
 
-    def _mget_many(self, keys_per_view: list[EntityKeys] | list[list[str]]) -> Iterator[list[bytes | None]]:
+    def _mget_many(self, keys_per_view: list[EntityKeys] | list[list[str]],
+                   sizes: list[int | None] | None = None) -> Iterator[list[bytes | None] | np.ndarray]:
         """Each key list's values, in order, each yielded as soon as its replies are in (the caller decodes one
-        view while Redis still answers the next)."""
+        view while Redis still answers the next).
+
+        `sizes`: per key list, the one size every stored value has (a view of fixed-size rows), or None. On the
+        lean path, a key list with a size whose every key has a value comes back as one (keys, size) uint8 array
+        (`ReplyStream.fixed_rows`), a view of the receive buffer when it was one reply: valid only until the next
+        item is asked for. Otherwise, and on every other path, as a list of bytes / None.
+        """
         if self.cluster:
             yield from self._mget_cluster(keys_per_view)
             return
         step = self.batch_keys
+        shapes: list[tuple[int, int] | None] | None = None
         if _pack_command is None:  # no hiredis: redis-py's pipeline
             chunks = [(v, list(keys[i: i + step])) for v, keys in enumerate(keys_per_view) for i in range(0, len(keys), step)]
             results: Iterable[Any] = self._send([("MGET", *ck) for _, ck in chunks]) if chunks else []
@@ -541,8 +547,11 @@ class OnlineStore:
             views = [keys if isinstance(keys, EntityKeys) else EntityKeys("", keys) for keys in keys_per_view]
             owners = [v for v, keys in enumerate(views) for _ in range(keys.mget_count(step))]
             payloads = [cmd for keys in views for cmd in keys.mget_commands(step, _pack_command, fast=self._lean)]
-            results = self._read_packed(payloads) if payloads else []
-        current: list[bytes | None] = []
+            if self._lean and sizes is not None and any(size is not None for size in sizes):
+                shapes = [None if sizes[v] is None else (min(step, len(keys) - i), sizes[v])
+                          for v, keys in enumerate(views) for i in range(0, len(keys), step)]
+            results = self._read_packed(payloads, shapes) if payloads else []
+        current: list[Any] = []  # the replies of the key list being answered
         done = 0  # key lists answered so far
         for k, (v, res) in enumerate(zip(owners, results)):
             if isinstance(res, Exception):
@@ -550,21 +559,28 @@ class OnlineStore:
             while done < v:  # key lists without keys (no command) come back empty
                 yield []
                 done += 1
-            current = res if not current else current + res
+            if isinstance(res, np.ndarray) and (current or k + 1 < len(owners) and owners[k + 1] == v):
+                res = np.array(res)  # rows of one of several chunks: copied before the next reply is read
+            current.append(res)
             if k + 1 == len(owners) or owners[k + 1] != v:
-                yield current
+                # A key list's rows in one reply are yielded as the view of the receive buffer they are: valid
+                # until the next item is asked for (the caller decodes each view before asking for the next).
+                yield current[0] if len(current) == 1 else _joined(current)
                 current = []
                 done += 1
         while done < len(keys_per_view):
             yield []
             done += 1
 
-    def _read_packed(self, payloads: list[bytes]) -> Iterator[Any]:
+    def _read_packed(self, payloads: list[bytes], shapes: list[tuple[int, int] | None] | None = None) -> Iterator[Any]:
         """Replies (errors as values) of pre-packed read commands, sent in one go on one pooled connection, each
         yielded as soon as it is parsed.
 
-        The lean path: the replies are parsed straight from the connection's socket by a
-        `hiredis.Reader` (no redis-py response layers; see `featurestore.online`, "Reads"). Any
+        The lean path: the replies are parsed straight from the connection's socket (no redis-py response
+        layers; see `featurestore.online`, "Reads"): a command with a (count, size) in `shapes` whose reply is
+        `count` values of `size` bytes each yields a (count, size) uint8 view of the receive buffer, valid until
+        the next reply is asked for (`replies.ReplyStream.fixed_rows`); any other reply is parsed by a
+        `hiredis.Reader`, as hiredis gives it. Any
         connection trouble there (reset, timeout, a protocol error) disconnects that connection and
         the read is redone through redis-py's own connection API (`_exchange`, one retry on a fresh
         connection), whose errors are the usual redis-py ones; replies already yielded are not yielded
@@ -579,12 +595,20 @@ class OnlineStore:
             released = False
             try:
                 conn.send_packed_command(payloads, check_health=False)
-                for reply in _read_replies(conn._sock, count, self._recv_buffer()):
-                    done += 1
-                    if done == count:  # every reply read: the connection goes back before the last one is used
-                        released = True
-                        pool.release(conn)
-                    yield reply
+                stream = ReplyStream(conn._sock, self._recv_buffer())
+                try:
+                    for k in range(count):
+                        shape = shapes[k] if shapes is not None else None
+                        reply = stream.fixed_rows(*shape) if shape is not None else None
+                        if reply is None:
+                            reply = stream.reply()
+                        done += 1
+                        if done == count:  # every reply read: the connection goes back before the last one is used
+                            released = True
+                            pool.release(conn)
+                        yield reply
+                finally:
+                    self._local.buf = stream.buf  # kept for the next read, grown or not
                 return
             except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, _ProtocolError) as exc:
                 _log.warning("online read: lean path failed (%s: %s); retrying through redis-py", type(exc).__name__, exc)
@@ -596,9 +620,10 @@ class OnlineStore:
         def write(conn: Any) -> None:
             conn.send_packed_command(payloads)
 
-        yield from self._exchange(write, len(payloads), retry=True)[done:]
+        yield from self._exchange(write, count, retry=True)[done:]
 
     def _recv_buffer(self) -> bytearray:
+        """This thread's receive buffer (one per thread: a read's fixed rows are views of it until copied)."""
         buf = getattr(self._local, "buf", None)
         if buf is None:
             buf = self._local.buf = bytearray(_RECV_BYTES)

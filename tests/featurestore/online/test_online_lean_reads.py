@@ -67,6 +67,18 @@ def test_packed_mget_is_byte_for_byte_hiredis_packing_of_the_keys(ids: list, tag
     assert list(EntityKeys(prefix, ids, 1, tail, tagged)) == keys
 
 
+@pytest.mark.parametrize("ids", ID_SETS + [[3, 1, 3, 2], [5, 2**70, 5]], ids=[f"set{i}" for i in range(len(ID_SETS) + 2)])
+def test_distinct_keys_pack_as_hiredis_packs_them(ids: list) -> None:
+    """`unique` first (as a read does: it may keep the ids as int64 for packing), then the commands."""
+    keys, inverse = EntityKeys("p:v:1:", ids).unique()
+    distinct = entity_keys("p:v:1:", keys.values)
+    assert len(set(distinct)) == len(distinct) and (inverse is None) == (len(distinct) == len(ids))
+    if inverse is not None:
+        assert [distinct[i] for i in inverse.tolist()] == entity_keys("p:v:1:", ids)
+    got = list(keys.mget_commands(500, pack_command))
+    assert got == [pack_command(("MGET", *distinct[i: i + 500])) for i in range(0, len(distinct), 500)]
+
+
 def test_composite_keys_pack_through_hiredis() -> None:
     ids = [(1, "a|b"), (2, "c")]
     got = list(EntityKeys("p:", ids, 2).mget_commands(10, pack_command))
@@ -204,18 +216,19 @@ def test_a_decode_error_drops_the_connection_instead_of_reusing_it(redis, unique
         OnlineStore(redis, unique_prefix, lean_reads=False).read(ACTIVITY, ["1", "2"], now=T0).to_rows()
 
 
-# -- the reply reader on byte streams (featurestore.online.store._read_replies)
+# -- the reply reader on byte streams (featurestore.online.replies.ReplyStream.reply)
 
 def _parse(data: bytes, count: int, chunk: int) -> list:
     import socket
 
-    from featurestore.online.store import _read_replies
+    from featurestore.online.replies import ReplyStream
 
     a, b = socket.socketpair()
     try:
         sender = threading.Thread(target=lambda: [a.sendall(data[i: i + chunk]) for i in range(0, len(data), chunk)])
         sender.start()
-        out = list(_read_replies(b, count, bytearray(64)))
+        stream = ReplyStream(b, bytearray(64))
+        out = [stream.reply() for _ in range(count)]
         sender.join()
         return out
     finally:

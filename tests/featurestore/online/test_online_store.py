@@ -214,9 +214,9 @@ def test_a_key_repeated_across_rows_is_fetched_once(store: OnlineStore, monkeypa
     asked: list[list[str]] = []
     original = store._mget_many
 
-    def spy(keys_per_view):
+    def spy(keys_per_view, *args):
         asked.extend(keys_per_view)
-        return original(keys_per_view)
+        return original(keys_per_view, *args)
 
     monkeypatch.setattr(store, "_mget_many", spy)
     res = store.read(SCORES, [7] * 500 + [8] + [7] * 499 + [9], now=T0)
