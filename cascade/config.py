@@ -354,6 +354,7 @@ class StreamingConfig(_Section):
     metrics_window: int = Field(20_000, description="Progressive-validation window (samples) of the trainer's logloss and AUC.")
     keep_versions: int = Field(20, description="Published versions kept in the registry (live and rollback targets are never pruned).")
     publish_onnx: bool = Field(False, description="Also export model.onnx for each published version (slower publishing).")
+    trainer_base_model: str = Field("", description="Stack the FTRL trainer on this ranking model's live version (e.g. 'deepfm'; same feature set): logit = base + w_b * base + FTRL terms, published as one servable graph. Empty: a plain FTRL model.")
     checkpoint_subdir: str = Field("streaming", description="Trainer and joiner checkpoints, under paths.var_dir.")
 
 

@@ -17,7 +17,10 @@ Inputs
 A minibatch is two [B, K] arrays, ``indices`` (int64 coordinates) and
 ``values`` (float); a value of 0 means "no feature here" (padding), and a
 coordinate repeated within a row adds up (a hash collision). The single-sample
-API takes river-style dicts ``{coordinate: value}``.
+API takes river-style dicts ``{coordinate: value}``. An optional ``offset``
+([B] logits) is added to each row's logit, unweighted: stacking on a batch
+model (:mod:`streaming.trainer_stacking`) passes its logits there, so the
+prediction and the gradient are those of the full model.
 
 Minibatches
 -----------
@@ -107,30 +110,38 @@ class FTRLProximal:
             raise ValueError(f"coordinates must be in [0, {self.dim})")
         return idx, val
 
-    def predict_logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def predict_logits(self, indices: np.ndarray, values: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+        """The logit of each row (float64 [B]): ``offset`` (when given, [B]) plus the weighted sum."""
         idx, val = self._check(indices, values)
+        off = _offset(offset, idx.shape[0])
         if idx.size == 0:
-            return np.zeros(idx.shape[0])
+            return off.copy()
         uniq, inv = np.unique(idx, return_inverse=True)
-        return (self.weights_of(uniq)[inv.reshape(idx.shape)] * val).sum(axis=1)
+        return off + (self.weights_of(uniq)[inv.reshape(idx.shape)] * val).sum(axis=1)
 
-    def predict_many(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def predict_many(self, indices: np.ndarray, values: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
         """P(y = 1) of each row (float64 [B])."""
-        return sigmoid(self.predict_logits(indices, values))
+        return sigmoid(self.predict_logits(indices, values, offset))
 
     def learn_many(self, indices: np.ndarray, values: np.ndarray, labels: np.ndarray,
-                   sample_weight: np.ndarray | None = None) -> np.ndarray:
-        """Learn a minibatch; returns the predictions made before learning from it (progressive validation)."""
+                   sample_weight: np.ndarray | None = None, offset: np.ndarray | None = None) -> np.ndarray:
+        """Learn a minibatch; returns the predictions made before learning from it (progressive validation).
+
+        ``offset`` ([B] logits, e.g. a batch model's, see :mod:`streaming.trainer_stacking`) is added to
+        each row's logit before the sigmoid, so the gradient is that of the full prediction; it has no
+        weight of its own here (a caller that wants one adds it as a coordinate too).
+        """
         idx, val = self._check(indices, values)
         y = np.asarray(labels, dtype=np.float64).reshape(-1)
         if y.shape[0] != idx.shape[0]:
             raise ValueError(f"{idx.shape[0]} rows but {y.shape[0]} labels")
+        off = _offset(offset, idx.shape[0])
         if idx.size == 0:
-            return np.full(idx.shape[0], 0.5)
+            return sigmoid(off)
         flat = idx.ravel()
         uniq, inv = np.unique(flat, return_inverse=True)
         w = self.weights_of(uniq)
-        p = sigmoid((w[inv].reshape(idx.shape) * val).sum(axis=1))
+        p = sigmoid(off + (w[inv].reshape(idx.shape) * val).sum(axis=1))
         err = p - y
         if sample_weight is not None:
             err = err * np.asarray(sample_weight, dtype=np.float64).reshape(-1)
@@ -203,6 +214,15 @@ class FTRLProximal:
     def __repr__(self) -> str:
         return (f"FTRLProximal(dim={self.dim}, alpha={self.alpha}, beta={self.beta}, l1={self.l1}, l2={self.l2}, "
                 f"touched={int(np.count_nonzero(self.n))})")
+
+
+def _offset(offset: np.ndarray | None, rows: int) -> np.ndarray:
+    if offset is None:
+        return np.zeros(rows)
+    off = np.asarray(offset, dtype=np.float64).reshape(-1)
+    if off.shape[0] != rows:
+        raise ValueError(f"{rows} rows but {off.shape[0]} offsets")
+    return off
 
 
 def state_of(model: FTRLProximal) -> dict[str, Any]:

@@ -18,7 +18,14 @@ What a version records, so freshness is measured rather than guessed:
   hashed file): the newest click's ``sample_id``, and ``offsets`` -- the next
   offset per partition of the samples topic, i.e. exactly which samples the
   version includes (a sample at (partition, offset) is in it iff
-  ``offset < offsets[partition]``, whatever the order clicks arrived in).
+  ``offset < offsets[partition]``, whatever the order clicks arrived in);
+  a stacked version (:mod:`streaming.trainer_stacking`) also names its base
+  there, ``base_model``: name, version, kind, feature set, encoder digest.
+
+The layout turns the learner's weights into the module saved: a
+:class:`~streaming.hashing.SparseLayout` gives a ``Linear``, a
+:class:`~streaming.trainer_stacking.StackedLayout` a ``Stacked`` (the base
+model's weights and the linear correction); both are kind ``ftrl``.
 
 Versions are named ``ftrl-<UTC yyyymmddThhmmssmmm>-n<samples learned>``. Older
 versions beyond ``streaming.keep_versions`` are pruned, except the live one, a
@@ -44,6 +51,7 @@ import numpy as np
 
 from ranking.artifact import MANIFEST, save_artifact
 from streaming.hashing import SparseLayout
+from streaming.trainer_stacking import StackedLayout
 
 _log = logging.getLogger("cascade.streaming.publish")
 
@@ -71,7 +79,7 @@ def _annotate(artifact_dir: Path, info: Mapping[str, Any]) -> None:
 class Publisher:
     """Builds and registers versions of one model name; see the module docstring."""
 
-    def __init__(self, registry: Any, layout: SparseLayout, *, name: str, fingerprint: str, onnx: bool = False,
+    def __init__(self, registry: Any, layout: SparseLayout | StackedLayout, *, name: str, fingerprint: str, onnx: bool = False,
                  keep_versions: int = 20) -> None:
         self.registry = registry
         self.layout = layout

@@ -37,6 +37,27 @@ the checkpoint. Without one, at the ``trainer_group``'s committed offsets, else
 the beginning. Partitions added while running are picked up at the next start.
 One trainer per model: the state is one process's memory.
 
+Stacking (``streaming.trainer_base_model``, ``--base-model``; off by default):
+the trainer corrects a batch model online instead of learning a model of its
+own. It loads the base model's live version from the ranking registry (it must
+read the trainer's feature set, same fingerprint, else the trainer refuses to
+start), encodes with that artifact's encoder as it is (the FTRL table gets its
+``hash_buckets`` rows, not ``2**hash_bits``), computes the base's logit ``b``
+of every batch (its fp32 ONNX graph on ONNX Runtime) and learns
+``logit = b + w_b * b + FTRL terms``: ``b`` is an offset (a fresh learner
+predicts exactly what the base does) and an input with its own weight
+``w_b``; gradients and progressive validation are on the full logit. Each
+version published is a :class:`ranking.models.stacked.Stacked` (kind ``ftrl``:
+the base's weights plus the linear correction, one graph ranking serves like
+any other), its manifest naming the base (``model.streaming.base_model``:
+name, version, encoder digest). The base version is fixed for the trainer's
+life, and kept across restarts (the checkpoint names it); when another
+version of the base goes live the trainer logs a warning and keeps stacking
+on its own: to follow the new base, start a new model (another
+``checkpoint_dir``, or delete the checkpoint). A checkpoint learned with
+another base setting (plain vs stacked, another base name or encoder) is
+refused. See :mod:`streaming.trainer_stacking`.
+
 ``learned_log`` (optional, for audits and the restart test): a file with the
 id of every learned sample, one per line, fsynced with each checkpoint and
 truncated back to the checkpoint's length on restart, so it lists the learned
@@ -63,6 +84,7 @@ from streaming.ftrl import FTRLProximal
 from streaming.hashing import SparseLayout, parse_crosses
 from streaming.publish import Publisher
 from streaming.trainer_features import FeatureResolver, ServedFeatureCache, fit_table
+from streaming.trainer_stacking import BaseModel, BaseModelError, StackedLayout, load_base
 from streaming.trainer_state import (LearnedSet, SampleDedup, clean_temp_files, id_hash, load_checkpoint,
                                      save_checkpoint)
 
@@ -87,7 +109,8 @@ class Trainer:
 
     def __init__(self, config: Any, bootstrap: str, *, repo: Any = None, registry: Any = None, feature_client: Any = None,
                  checkpoint_dir: str | os.PathLike[str] | None = None, learned_log: str | os.PathLike[str] | None = None,
-                 samples_topic: str = SAMPLES_TOPIC, features_topic: str | None = None, served_cache: bool = True) -> None:
+                 samples_topic: str = SAMPLES_TOPIC, features_topic: str | None = None, served_cache: bool = True,
+                 base_model: str | None = None) -> None:
         from featurestore.repository import get_repo
         from ranking.registry import ModelRegistry
 
@@ -106,9 +129,11 @@ class Trainer:
         self.features_topic = features_topic
         self.use_served_cache = served_cache
         self.buckets = 2 ** int(self.s.hash_bits)
+        self.base_name = base_model if base_model is not None else self.s.trainer_base_model
         # set by start()
+        self.base: BaseModel | None = None
         self.encoder: FeatureEncoder | None = None
-        self.layout: SparseLayout | None = None
+        self.layout: SparseLayout | StackedLayout | None = None
         self.learner: FTRLProximal | None = None
         self.resolver: FeatureResolver | None = None
         self.publisher: Publisher | None = None
@@ -130,9 +155,10 @@ class Trainer:
         self._last_publish = float("-inf")  # the first version goes out as soon as something was learned
         self._last_checkpoint = time.monotonic()
         self._last_export = 0.0
+        self._base_live_seen = ""  # the base's live version last warned about
         self._publish_thread: threading.Thread | None = None
         self.publish_errors: list[BaseException] = []
-        self.timing = {"poll_s": 0.0, "features_s": 0.0, "encode_s": 0.0, "learn_s": 0.0}  # where step time goes
+        self.timing = {"poll_s": 0.0, "features_s": 0.0, "encode_s": 0.0, "base_s": 0.0, "learn_s": 0.0}  # step time
 
     # ------------------------------------------------------------------ start / restore
 
@@ -143,10 +169,12 @@ class Trainer:
             self.cache = ServedFeatureCache.from_config(self.bootstrap, self.config)
             if self.features_topic:
                 self.cache.topic = self.features_topic
+        if self.base_name:
+            self._load_base(ckpt)
         if ckpt is not None:
             self._restore(ckpt)
         else:
-            self.encoder = self._registry_encoder()
+            self.encoder = self.base.encoder if self.base is not None else self._registry_encoder()
             if self.encoder is not None:
                 self._build()
             else:  # resolver for the fit: the unfitted encoder knows the fields already
@@ -154,6 +182,48 @@ class Trainer:
             self._open_log(0)
         self._open_consumer()
         return self
+
+    def _load_base(self, ckpt: dict[str, Any] | None) -> None:
+        """The base model: the checkpoint's version when restoring (live or not), else the live one."""
+        name = self.base_name
+        if name == self.s.model_name:
+            raise TrainerError(f"the trainer cannot stack model {name!r} on itself (streaming.trainer_base_model)")
+        was = ckpt["meta"].get("base_model") if ckpt is not None else None
+        if ckpt is not None and not was:
+            raise TrainerError(f"the checkpoint in {self.checkpoint_dir} is a plain FTRL model; stacking on {name!r} "
+                               "needs a new model (another checkpoint_dir, or remove the checkpoint)")
+        if was and was["name"] != name:
+            raise TrainerError(f"the checkpoint in {self.checkpoint_dir} was stacked on {was['name']!r}, not {name!r}: "
+                               "a new base needs a new model (another checkpoint_dir)")
+        try:
+            self.base = load_base(self.registry, name, feature_set=self.feature_set,
+                                  fingerprint=self.resolved.fingerprint, version=was["version"] if was else None)
+        except BaseModelError as exc:
+            raise TrainerError(str(exc)) from None
+        if was and was.get("encoder_digest") != self.base.encoder.digest():
+            raise TrainerError(f"base model {name}/{self.base.version}'s encoder (digest "
+                               f"{self.base.encoder.digest()[:12]}...) is not the one the checkpoint learned with "
+                               f"({str(was.get('encoder_digest'))[:12]}...)")
+        self.buckets = self.base.encoder.hash_buckets
+        self._base_live_seen = self.base.version
+        _log.info("stacking on %s/%s (%s, logits on %s)", name, self.base.version, self.base.kind,
+                  self.base.scorer.backend_name)
+
+    def _check_base_live(self) -> None:
+        """Warn (once per version) when another version of the base went live: this trainer keeps its own."""
+        if self.base is None:
+            return
+        try:
+            rec = self.registry.live(self.base.name)
+        except Exception:  # noqa: BLE001 - a registry hiccup is not the trainer's problem
+            return
+        live = rec.version if rec is not None else ""
+        if live != self._base_live_seen:
+            self._base_live_seen = live
+            if live != self.base.version:
+                _log.warning("base model %s: version %s is live now; this trainer keeps stacking on %s (a new base "
+                             "needs a new model: another checkpoint_dir)", self.base.name, live or "(none)",
+                             self.base.version)
 
     def _ranking_sizes(self) -> Any:
         return self.config.ranking.model_copy(update={"hash_buckets": self.buckets})
@@ -190,6 +260,11 @@ class Trainer:
         if crosses is None:
             crosses = parse_crosses(self.s.ftrl_crosses, self.encoder)
         self.layout = SparseLayout(self.encoder, crosses)
+        if self.base is not None:
+            try:
+                self.layout = StackedLayout(self.layout, self.base)
+            except BaseModelError as exc:
+                raise TrainerError(str(exc)) from None
         s = self.s
         self.learner = FTRLProximal(self.layout.dim, s.ftrl_alpha, s.ftrl_beta, s.ftrl_l1, s.ftrl_l2)
         self.resolver = self._resolver(self.encoder)
@@ -200,6 +275,9 @@ class Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         meta = ckpt["meta"]
+        if meta.get("base_model") and self.base is None:
+            raise TrainerError(f"the checkpoint in {self.checkpoint_dir} is stacked on {meta['base_model']['name']!r}; "
+                               "set streaming.trainer_base_model to it, or use another checkpoint_dir for a plain model")
         self.encoder = FeatureEncoder.from_json(meta["encoder"])
         self._build([tuple(c) for c in meta["crosses"]])
         assert self.learner is not None and self.layout is not None
@@ -353,11 +431,19 @@ class Trainer:
             if learn:
                 t2 = time.perf_counter()
                 arrays = self.encoder.encode_online(rows)  # type: ignore[union-attr]
-                idx, val = self.layout.sparse(arrays)
+                base, base_s = None, 0.0
+                if self.base is not None:  # stacking: the base model's logits, offset and input of the learner
+                    tb = time.perf_counter()
+                    base = self.base.logits(arrays)
+                    base_s = time.perf_counter() - tb
+                    idx, val = self.layout.sparse(arrays, base)  # type: ignore[call-arg]
+                else:
+                    idx, val = self.layout.sparse(arrays)  # type: ignore[call-arg]
                 t3 = time.perf_counter()
                 y = np.fromiter((s.label for s in learn), dtype=np.float64, count=len(learn))
-                p = self.learner.learn_many(idx, val, y)
-                self.timing["encode_s"] += t3 - t2
+                p = self.learner.learn_many(idx, val, y, offset=base)
+                self.timing["encode_s"] += t3 - t2 - base_s
+                self.timing["base_s"] += base_s
                 self.timing["learn_s"] += time.perf_counter() - t3
                 self.pv.update(p, y)
                 self.dedup.add(learn_h)
@@ -401,6 +487,7 @@ class Trainer:
             time.monotonic() - self._last_publish >= self.s.publish_every_s
         if not due or (self._publish_thread is not None and self._publish_thread.is_alive()):
             return False
+        self._check_base_live()
         weights = self.learner.weights()
         metrics = {"samples_learned": float(self.counts["learned"]), "positives_learned": float(self.counts["positives"]),
                    "newest_click_ms": float(self.newest_click_ms), **self.pv.export()}
@@ -409,6 +496,8 @@ class Trainer:
                 "newest_click_ms": self.newest_click_ms, "newest_click_sample_id": self.newest_click_id,
                 "samples_learned": self.counts["learned"], "learned_set": self.learned.to_json(),
                 "hyperparameters": self.learner.hyperparameters()}
+        if self.base is not None:
+            info["base_model"] = self.base.describe()
         self._learned_at_publish = self.counts["learned"]
         self._last_publish = time.monotonic()
         self._publish_thread = threading.Thread(target=self._publish, args=(weights, metrics, info),
@@ -450,7 +539,8 @@ class Trainer:
                 "newest_click_id": self.newest_click_id, "learned_log_bytes": self._log_bytes,
                 "hyperparameters": self.learner.hyperparameters(), "dim": self.layout.dim,
                 "crosses": [list(c) for c in self.layout.crosses], "encoder": self.encoder.to_json(),
-                "topic": self.samples_topic, "saved_at_ms": int(time.time() * 1000)}
+                "topic": self.samples_topic, "saved_at_ms": int(time.time() * 1000),
+                "base_model": self.base.describe() if self.base is not None else None}
         path = save_checkpoint(self.checkpoint_dir, idx=idx, z=self.learner.z[idx], n=self.learner.n[idx],
                                dedup=self.dedup, meta=meta)
         tm.CHECKPOINT_SECONDS.observe(time.perf_counter() - t0)
@@ -488,6 +578,7 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         return {**self.counts, "offsets": dict(self.offsets), "versions": list(self.versions),
+                "base_model": f"{self.base.name}/{self.base.version}" if self.base is not None else None,
                 "learned_set": self.learned.to_json(), **{k: v for k, v in self.pv.export().items()}}
 
     def close(self) -> None:
@@ -501,6 +592,8 @@ class Trainer:
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
+        if self.base is not None:
+            self.base.close()
 
 
 # ============================================================================ CLI
@@ -522,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint-dir", default=None, help="default: paths.var_dir/streaming.checkpoint_subdir/trainer-<model>")
     parser.add_argument("--learned-log", default=None, help="also keep the id of every learned sample in this file")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: config ports.metrics)")
+    parser.add_argument("--base-model", default=None,
+                        help="stack on this ranking model's live version (default: streaming.trainer_base_model; '' for none)")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     parser.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without a record")
     try:
@@ -548,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         trainer = Trainer(config, bootstrap, feature_client=client, checkpoint_dir=args.checkpoint_dir,
-                          learned_log=args.learned_log, samples_topic=args.topic, features_topic=args.features_topic)
+                          learned_log=args.learned_log, samples_topic=args.topic, features_topic=args.features_topic,
+                          base_model=args.base_model)
         trainer.start()
     except TrainerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,11 +3,14 @@
 Every model takes a dict of tensors named as :data:`ranking.encoding.INPUT_NAMES`
 and returns logits [B]. :func:`build_model` rebuilds one from the
 ``{"kind", "layout", "hparams"}`` stored next to its state dict
-(:func:`model_config`).
+(:func:`model_config`). Kind ``ftrl`` is what the streaming trainer publishes:
+a :class:`Linear`, or a :class:`Stacked` (a Linear correcting a base model)
+when its hparams name a ``base``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -15,8 +18,15 @@ from torch import nn
 from ranking.models.deepfm import DeepFM
 from ranking.models.din import DIN
 from ranking.models.linear import Linear
+from ranking.models.stacked import Stacked
 
-MODELS: dict[str, type[nn.Module]] = {"deepfm": DeepFM, "din": DIN, "ftrl": Linear}
+
+def _ftrl(layout: dict[str, Any], **hparams: Any) -> nn.Module:
+    """Kind ``ftrl``: a Stacked model when `hparams` name its base, else the plain Linear."""
+    return Stacked(layout, **hparams) if hparams.get("base") else Linear(layout, **hparams)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"deepfm": DeepFM, "din": DIN, "ftrl": _ftrl}
 
 
 def build_model(kind: str, layout: dict[str, Any], **hparams: Any) -> nn.Module:
@@ -43,4 +53,4 @@ def build_from_settings(kind: str, layout: dict[str, Any], ranking: Any) -> nn.M
                        dropout=ranking.dropout, attention_hidden=tuple(ranking.din_attention_hidden))
 
 
-__all__ = ["DIN", "MODELS", "DeepFM", "Linear", "build_from_settings", "build_model", "from_config", "model_config"]
+__all__ = ["DIN", "MODELS", "DeepFM", "Linear", "Stacked", "build_from_settings", "build_model", "from_config", "model_config"]

@@ -48,3 +48,6 @@ st_request = RequestFeatureView("st_request", inputs=("event_ts",), features=(Fe
                                 function=_hour)
 
 st_ftrl = FeatureSet("st_ftrl", features=("st_user:*", "st_item:*", "st_request:*"))
+
+# the same views without the request features: another feature set (a base model over it cannot be stacked on st_ftrl)
+st_ftrl_small = FeatureSet("st_ftrl_small", features=("st_user:*", "st_item:*"))

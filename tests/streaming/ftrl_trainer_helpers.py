@@ -67,3 +67,39 @@ def produce(producer: Any, world: Any, n_requests: int, *, samples_topic: str, f
     if flush:
         producer.flush()
     return out
+
+
+def train_base(world: Any, encoder: Any, out_dir: Path, *, n_requests: int = 1500, epochs: int = 3, seed: int = 0,
+               name: str = "deepfm", version: str = "d1", start_ms: int = 1_767_225_600_000) -> Any:
+    """A tiny DeepFM trained on `world`'s clicks (Adam + SparseAdam, fixed seeds), saved as an artifact with ONNX."""
+    import numpy as np
+    import torch
+
+    from ranking.artifact import save_artifact
+    from ranking.models import build_model
+    from ranking.train import _optimizer
+    from streaming.trainer_features import ServedRows
+
+    pairs, labels = [], []
+    for record, samples in world.requests(n_requests, items_per_request=4, start_ms=start_ms):
+        pairs += [(record, i) for i in range(len(samples))]
+        labels += [s.label for s in samples]
+    arrays = encoder.encode_online(ServedRows(pairs, ["user_id", "item_id"], encoder.feature_set))
+    torch.manual_seed(seed)
+    model = build_model("deepfm", encoder.layout(), embedding_dim=4, mlp_hidden=(16,), dropout=0.0)
+    opt = _optimizer(model, 0.02)
+    x = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    y = torch.tensor(labels, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(y.shape[0], generator=gen)
+        for i in range(0, y.shape[0], 256):
+            idx = perm[i : i + 256]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model({k: v[idx] for k, v in x.items()}), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    assert np.isfinite(float(loss.detach()))
+    return save_artifact(model, encoder, out_dir, kind="deepfm", feature_set_name=encoder.feature_set,
+                         feature_set_fingerprint=encoder.fingerprint, metrics={}, name=name, version=version, onnx=True)
