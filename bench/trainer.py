@@ -17,6 +17,13 @@
   and protobuf decode, dedup, served-vector lookup, encoding with ranking's encoder,
   sparse coordinates (crosses included), ``learn_many`` and progressive validation.
   ``e2e_share_*`` is where that time went.
+* ``stacked_e2e_*``: the same, in the same run on the same broker, with the trainer stacked on a
+  DeepFM (``streaming.trainer_base_model``; :mod:`streaming.trainer_stacking`): a production-size
+  DeepFM (``ranking.embedding_dim``, ``ranking.mlp_hidden``, ``ranking.hash_buckets``; untrained
+  weights -- the cost does not depend on them) over the same feature set, published to a registry;
+  every batch also computes its logits on ONNX Runtime fp32 with one thread
+  (``stacked_e2e_share_base``). No goal: reported next to the plain figure
+  (``stacked_vs_plain_e2e`` is the ratio of the two samples/s).
 * ``publish_s``: one publish of the full-size model (write, sha256, register).
 * ``checkpoint_s``: one trainer checkpoint (temp file, fsync, rename) holding 1M learned
   coordinates and a full de-duplication ring (``streaming.dedup_capacity`` ids).
@@ -89,21 +96,61 @@ def _learner_rates(n: int, dim: int, s: Any) -> dict[str, Any]:
     return out
 
 
-def _e2e(config: Config, n: int, warm: int) -> dict[str, Any]:
+E2E_FEATURE_SET = "deepfm_synthetic"
+BASE_NAME = "deepfm_bench"
+
+
+def _e2e_both(config: Config, n: int, warm: int) -> dict[str, Any]:
+    """The plain trainer, then the trainer stacked on a DeepFM, each on its own topics of one broker."""
+    from stack import Stack
+
+    out: dict[str, Any] = {}
+    with Stack(config, redis=False) as stack:
+        out.update(_e2e(config, stack, n, warm, stacked=False))
+        out.update(_e2e(config, stack, n, warm, stacked=True))
+    out["stacked_vs_plain_e2e"] = out["stacked_e2e_samples_per_s"] / out["e2e_samples_per_s"]
+    return out
+
+
+def _publish_base(config: Config, registry: Any, repo: Any, tmp: Path) -> dict[str, Any]:
+    """A production-size DeepFM (untrained) over the e2e feature set, encoder fitted on the world's rows, made live."""
+    import torch
+
+    from ranking.artifact import save_artifact
+    from ranking.encoding import FeatureEncoder
+    from ranking.models import build_from_settings
+    from streaming.trainer_features import ServedRows, fit_table
+    from streaming.trainer_synthetic import SyntheticWorld
+
+    resolved = repo.resolve(E2E_FEATURE_SET)
+    world = SyntheticWorld(repo, E2E_FEATURE_SET, n_users=5_000, n_items=20_000, seed=2)
+    rows = ServedRows([(rec, i) for rec, smp in world.requests(400, start_ms=0) for i in range(len(smp))],
+                      ["user_id", "item_id"])
+    enc = FeatureEncoder.from_config(resolved, config.ranking)
+    enc.fit(fit_table(enc, rows))
+    torch.manual_seed(0)
+    model = build_from_settings("deepfm", enc.layout(), config.ranking)
+    m = save_artifact(model, enc, tmp / "base", kind="deepfm", feature_set_name=resolved.name,
+                      feature_set_fingerprint=resolved.fingerprint, metrics={}, name=BASE_NAME, version="b1", onnx=True)
+    registry.publish(tmp / "base", auto_promote=True)
+    return {"stacked_base_macs_per_sample": m.model.get("macs_per_sample"), "stacked_base_hash_buckets": enc.hash_buckets}
+
+
+def _e2e(config: Config, stack: Any, n: int, warm: int, *, stacked: bool) -> dict[str, Any]:
     import uuid
 
     from featurestore.repository import get_repo
     from ranking.registry import ModelRegistry
-    from stack import Stack
     from stack.clients import kafka_producer
     from streaming.trainer import Trainer
     from streaming.trainer_synthetic import SyntheticWorld
 
-    fs = "deepfm_synthetic"
+    fs = E2E_FEATURE_SET
+    pre = "stacked_e2e" if stacked else "e2e"
     repo = get_repo(config.features.definitions)
     world = SyntheticWorld(repo, fs, n_users=5_000, n_items=20_000, seed=1)
-    out: dict[str, Any] = {"e2e_feature_set": fs, "e2e_samples": n}
-    with tempfile.TemporaryDirectory() as tmp, Stack(config, redis=False) as stack:
+    out: dict[str, Any] = {f"{pre}_feature_set": fs, f"{pre}_samples": n}
+    with tempfile.TemporaryDirectory() as tmp:
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
 
@@ -116,7 +163,8 @@ def _e2e(config: Config, n: int, warm: int) -> dict[str, Any]:
             "paths": config.paths.model_copy(update={"var_dir": Path(tmp) / "var", "artifacts_dir": Path(tmp) / "art"}),
             "streaming": config.streaming.model_copy(update={
                 "feature_set": fs, "publish_every_s": 1e9, "publish_every_samples": 10**12, "checkpoint_every_s": 1e9,
-                "encoder_fit_rows": warm, "trainer_batch_size": 2048})})
+                "encoder_fit_rows": warm, "trainer_batch_size": 2048,
+                "trainer_base_model": BASE_NAME if stacked else ""})})
         producer = kafka_producer(stack.kafka_bootstrap, cfg.kafka, linger_ms=20, batch_size=256 * 1024)
         requests = world.requests((warm + n) // 5, items_per_request=5, start_ms=int(time.time() * 1000), step_ms=1)
 
@@ -136,13 +184,15 @@ def _e2e(config: Config, n: int, warm: int) -> dict[str, Any]:
 
         total = produce(warm)
         registry = ModelRegistry.from_config(cfg, repo=repo)
+        if stacked:
+            out.update(_publish_base(cfg, registry, repo, Path(tmp)))
         trainer = Trainer(cfg, stack.kafka_bootstrap, repo=repo, registry=registry, samples_topic=samples_topic,
                           features_topic=features_topic).start()
         try:
             while sum(trainer.offsets.values()) < total:
                 trainer.step()
-            _step(f"warm-up done ({total:,} consumed, encoder fitted); producing {n:,} samples and their served "
-                  "features, then measuring the backlog")
+            _step(f"{pre}: warm-up done ({total:,} consumed, encoder ready); producing {n:,} samples and their "
+                  "served features, then measuring the backlog")
             total += produce(n)
             producer.close()
             consumed0 = sum(trainer.offsets.values())
@@ -157,16 +207,18 @@ def _e2e(config: Config, n: int, warm: int) -> dict[str, Any]:
             spent = {k: trainer.timing[k] - timing0[k] for k in timing0}
         finally:
             trainer.close()
-        out["e2e_samples_per_s"] = rate(consumed, seconds)
-        out["e2e_cpu_samples_per_s"] = rate(consumed, cpu)
-        out["e2e_learned"] = trainer.counts["learned"]
-        out["e2e_no_features"] = trainer.counts["no_features"]
+        out[f"{pre}_samples_per_s"] = rate(consumed, seconds)
+        out[f"{pre}_cpu_samples_per_s"] = rate(consumed, cpu)
+        out[f"{pre}_learned"] = trainer.counts["learned"]
+        out[f"{pre}_no_features"] = trainer.counts["no_features"]
         for k, v in spent.items():
-            out[f"e2e_share_{k[:-2]}"] = v / seconds
-        out["e2e_progressive_auc"] = trainer.pv.auc()
-        out["e2e_progressive_logloss"] = trainer.pv.logloss()
-        out["e2e_width"] = trainer.layout.width if trainer.layout else None
-        _step(f"end to end: {out['e2e_samples_per_s']:,.0f} samples/s ({consumed:,} in {seconds:.1f}s; {spent})")
+            if stacked or k != "base_s":
+                out[f"{pre}_share_{k[:-2]}"] = v / seconds
+        if not stacked:  # (the stacked run's base is untrained: its loss says nothing)
+            out["e2e_progressive_auc"] = trainer.pv.auc()
+            out["e2e_progressive_logloss"] = trainer.pv.logloss()
+        out[f"{pre}_width"] = trainer.layout.width if trainer.layout else None
+        _step(f"{pre} end to end: {out[f'{pre}_samples_per_s']:,.0f} samples/s ({consumed:,} in {seconds:.1f}s; {spent})")
     return out
 
 
@@ -228,7 +280,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
     dim = 2 ** s.hash_bits + 32
     out: dict[str, Any] = {"hash_bits": s.hash_bits}
     out.update(_learner_rates(100_000 if quick else 500_000, dim, s))
-    out.update(_e2e(config, 20_000 if quick else 100_000, 2_000))
+    out.update(_e2e_both(config, 20_000 if quick else 100_000, 2_000))
     out.update(_publish_cost(config))
     _step(f"publishing a {out['publish_rows']:,}-row model: {out['publish_s']:.3f}s")
     out.update(_checkpoint_cost(dim, 1_000_000, s.dedup_capacity))
