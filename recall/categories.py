@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recall.ids import dense_slots, lookup_slots
+
 
 class ItemCategories:
     """item id -> category names, from flat arrays (see the module docstring)."""
@@ -41,6 +43,7 @@ class ItemCategories:
         self.names = np.asarray(list(names), dtype=object)
         self._uniq, self._start = np.unique(self._items, return_index=True)
         self._end = np.append(self._start[1:], self._items.size)
+        self._slot = dense_slots(self._uniq)
 
     @classmethod
     def from_table(cls, table: pa.Table, category_column: str = "category", item_column: str = "item_id") -> "ItemCategories":
@@ -79,9 +82,13 @@ class ItemCategories:
     def codes_of(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in `items`, category code) pairs for every category of every known item."""
         items = np.asarray(items, dtype=np.int64)
-        pos = np.searchsorted(self._uniq, items)
-        pos_c = np.minimum(pos, max(self._uniq.size - 1, 0))
-        known = (pos < self._uniq.size) & (self._uniq[pos_c] == items) if self._uniq.size else np.zeros(items.size, bool)
+        if self._slot is not None:
+            pos_c = lookup_slots(self._slot, items)
+            known = pos_c >= 0
+        else:
+            pos = np.searchsorted(self._uniq, items)
+            pos_c = np.minimum(pos, max(self._uniq.size - 1, 0))
+            known = (pos < self._uniq.size) & (self._uniq[pos_c] == items) if self._uniq.size else np.zeros(items.size, bool)
         idx = np.flatnonzero(known)
         starts, ends = self._start[pos_c[idx]], self._end[pos_c[idx]]
         counts = ends - starts

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from recall.ids import dense_slots, lookup_slots
 from recall.embedding.spec import TowerSpec, user_feature_rows
 
 CONFIG_FILE = "encoder.json"
@@ -43,6 +44,7 @@ class QueryEncoder:
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
         if self.item_ids.size and np.any(np.diff(self.item_ids) <= 0):
             raise ValueError("item_ids must be sorted and unique")
+        self._slot = dense_slots(self.item_ids)  # id -> row - 1 without a binary search (dense ids)
         self.item_table = item_table
         self.position_weights = np.exp(np.asarray(position_logits, dtype=np.float64)).astype(np.float32)
         self.position_logits = np.asarray(position_logits, dtype=np.float32)
@@ -66,6 +68,8 @@ class QueryEncoder:
         ids = np.asarray(items, dtype=np.int64).reshape(-1)
         if ids.size == 0 or self.item_ids.size == 0:
             return np.zeros(ids.shape, dtype=np.int64)
+        if self._slot is not None:
+            return lookup_slots(self._slot, ids) + 1
         pos = np.searchsorted(self.item_ids, ids)
         pos_c = np.minimum(pos, self.item_ids.size - 1)
         return np.where(self.item_ids[pos_c] == ids, pos_c + 1, 0).astype(np.int64)

@@ -193,3 +193,4 @@ def test_a_larger_ask_gets_the_cached_head_now_and_the_larger_one_after_the_next
     assert full["g"][0].size == 384 and strict["g"][0].size == 896
     assert src.calls[1:] == [(["g"], 384, 1000), (["g"], 896, 1000)]
     assert stats["short"] == 1 and stats["misses"] == 2
+
