@@ -50,6 +50,7 @@ from stack.clients import redis_client
 
 N_FEATURES = 20
 BATCH = 1000
+PIPELINE_KEYS = 250  # the pipelined store's MGET size in the same-run comparison
 
 
 def _step(msg: str) -> None:
@@ -392,11 +393,14 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
     with Stack(config, kafka=False) as stack:
         client = redis_client(stack.redis_url, config.redis)
         project = f"bench{random.randrange(1 << 30):x}"
-        store = OnlineStore(client, project, config.features.online_batch_keys)
+        store = OnlineStore(client, project, config.features.online_batch_keys,
+                            pipeline_keys=config.features.online_pipeline_keys)
         # the same store reading through redis-py's connection API (online_lean_reads off): before/after in one run
         redispy_store = OnlineStore(client, project, config.features.online_batch_keys, lean_reads=False)
         # and the lean path with every reply parsed by hiredis (rows as bytes objects, not read in place)
         hiredis_store = OnlineStore(client, project, config.features.online_batch_keys, fixed_rows=False)
+        # and pipelined: MGETs of 250 keys, each sent as soon as it is packed (features.online_pipeline_keys)
+        piped_store = OnlineStore(client, project, config.features.online_batch_keys, pipeline_keys=PIPELINE_KEYS)
         view = bench_view()
         _step(f"writing {population:,} entities x {N_FEATURES} features")
         for s in range(0, population, 50_000):
@@ -428,12 +432,14 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             store.read(plan, samples[i], now=now)
             redispy_store.read(plan, samples[i], now=now)
             hiredis_store.read(plan, samples[i], now=now)
+            piped_store.read(plan, samples[i], now=now)
             raw_mget(raw_keys[i])
         _step(f"timing {requests} requests of {BATCH} entities (ours vs raw MGET, alternating)")
         gc.collect()
         # Each method reads its own random entities (no method finds the server's caches warmed by another's
         # identical keys), and the order of the three rotates per round.
-        lat: dict[str, list[float]] = {"ours": [], "raw": [], "plain": [], "redispy_path": [], "hiredis_rows": []}
+        lat: dict[str, list[float]] = {"ours": [], "raw": [], "plain": [], "redispy_path": [], "hiredis_rows": [],
+                                       "pipelined": []}
         n = len(samples)
         calls = {
             "raw": lambda i: raw_mget(raw_keys[i]),
@@ -441,6 +447,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             "plain": lambda i: redispy_mget(raw_keys[(i + 2 * n // 4) % n]),
             "redispy_path": lambda i: redispy_store.read(plan, samples[(i + 3 * n // 4) % n], now=now),
             "hiredis_rows": lambda i: hiredis_store.read(plan, samples[(i + n // 8) % n], now=now),
+            "pipelined": lambda i: piped_store.read(plan, samples[(i + 3 * n // 8) % n], now=now),
         }
         order = list(calls)
         for i in range(n):
@@ -486,6 +493,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         "lean_path_speedup_mean": float(np.mean(legacy) / np.mean(ours)),
         **{f"read_hiredis_rows_{k}": v for k, v in percentiles(rows_hiredis).items()},
         "fixed_rows_speedup_mean": float(np.mean(rows_hiredis) / np.mean(ours)),
+        **{f"read_pipelined_{k}": v for k, v in percentiles(lat["pipelined"]).items()},
+        "pipelined_speedup_mean": float(np.mean(ours) / np.mean(lat["pipelined"])),
         "read_values_per_s": ours_rate,
         "raw_mget_values_per_s": raw_rate,
         "ratio_to_raw_mget": ours_rate / raw_rate,
@@ -507,7 +516,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
             "redis-py's client.mget for reference, and OnlineStore.read with lean_reads=False (keys built as "
             "strings, packed by hiredis, replies through redis-py's connection: the read path before the lean one), and "
             "OnlineStore.read with fixed_rows=False (lean, but every row a bytes object from hiredis, not read in "
-            "place off the receive buffer)",
+            f"place off the receive buffer), and OnlineStore.read with pipeline_keys={PIPELINE_KEYS} (MGETs of that many "
+            "keys, each sent as soon as it is packed)",
             "values/s = entities x features x requests / summed latency; ratio = ours / raw",
             "layouts: 10k entities, reads of 1,000 random entities decoded into numpy columns; writes idempotent "
             "(compare event_ts server-side)",

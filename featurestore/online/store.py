@@ -282,7 +282,7 @@ class OnlineStore:
 
     def __init__(self, client: redis.Redis | redis.RedisCluster, project: str, batch_keys: int = 2000, *,
                  lean_reads: bool = True, cache_ttl_s: float = 0.0, cache_entities: Sequence[str] = (),
-                 cache_max_entries: int = 100_000, fixed_rows: bool = True) -> None:
+                 cache_max_entries: int = 100_000, fixed_rows: bool = True, pipeline_keys: int = 0) -> None:
         self.client = client
         self.project = project
         self.batch_keys = batch_keys
@@ -293,6 +293,8 @@ class OnlineStore:
         # lean reads of fixed-size rows take them in place off the receive buffer (`featurestore.online.replies`);
         # off: every reply through hiredis (a same-run comparison for bench online_features)
         self._fixed_rows = self._lean and bool(fixed_rows)
+        # lean reads: MGETs of at most this many keys, each sent as soon as it is packed (0: off; see `_read_packed`)
+        self._pipeline_keys = max(0, int(pipeline_keys)) if self._lean else 0
         self._local = threading.local()  # per thread: the lean path's receive buffer
         # Views keyed by one of `cache_entities` (e.g. items: every request shares them) are read through a
         # short-lived in-process cache of their stored rows (`featurestore.online.cache`); off when ttl is 0.
@@ -306,6 +308,7 @@ class OnlineStore:
     def from_config(cls, client: redis.Redis | redis.RedisCluster, config: Any) -> "OnlineStore":
         f = config.features
         return cls(client, f.project, f.online_batch_keys, lean_reads=f.online_lean_reads,
+                   pipeline_keys=f.online_pipeline_keys,
                    cache_ttl_s=f.online_cache_ttl_ms / 1000.0, cache_entities=f.online_cache_entities,
                    cache_max_entries=f.online_cache_max_entries)
 
@@ -537,7 +540,7 @@ class OnlineStore:
         if self.cluster:
             yield from self._mget_cluster(keys_per_view)
             return
-        step = self.batch_keys
+        step = min(self.batch_keys, self._pipeline_keys) if self._pipeline_keys else self.batch_keys
         shapes: list[tuple[int, int] | None] | None = None
         if _pack_command is None:  # no hiredis: redis-py's pipeline
             chunks = [(v, list(keys[i: i + step])) for v, keys in enumerate(keys_per_view) for i in range(0, len(keys), step)]
@@ -546,11 +549,13 @@ class OnlineStore:
         else:
             views = [keys if isinstance(keys, EntityKeys) else EntityKeys("", keys) for keys in keys_per_view]
             owners = [v for v, keys in enumerate(views) for _ in range(keys.mget_count(step))]
-            payloads = [cmd for keys in views for cmd in keys.mget_commands(step, _pack_command, fast=self._lean)]
+            commands = (cmd for keys in views for cmd in keys.mget_commands(step, _pack_command, fast=self._lean))
             if self._lean and sizes is not None and any(size is not None for size in sizes):
                 shapes = [None if sizes[v] is None else (min(step, len(keys) - i), sizes[v])
                           for v, keys in enumerate(views) for i in range(0, len(keys), step)]
-            results = self._read_packed(payloads, shapes) if payloads else []
+            # pipelined: packed as they are sent; else all packed, then sent in one write
+            payloads: Iterable[bytes] = commands if self._pipeline_keys else list(commands)
+            results = self._read_packed(payloads, shapes, len(owners)) if owners else []
         current: list[Any] = []  # the replies of the key list being answered
         done = 0  # key lists answered so far
         for k, (v, res) in enumerate(zip(owners, results)):
@@ -572,9 +577,12 @@ class OnlineStore:
             yield []
             done += 1
 
-    def _read_packed(self, payloads: list[bytes], shapes: list[tuple[int, int] | None] | None = None) -> Iterator[Any]:
-        """Replies (errors as values) of pre-packed read commands, sent in one go on one pooled connection, each
-        yielded as soon as it is parsed.
+    def _read_packed(self, payloads: Iterable[bytes], shapes: list[tuple[int, int] | None] | None = None,
+                     count: int | None = None) -> Iterator[Any]:
+        """Replies (errors as values) of `count` packed read commands (default: all of a list), sent on one pooled
+        connection, each yielded as soon as it is parsed. A list is sent in one write; any other iterable one
+        write per command as it comes (pipelined: the server works on the first MGETs while the next ones are
+        packed).
 
         The lean path: the replies are parsed straight from the connection's socket (no redis-py response
         layers; see `featurestore.online`, "Reads"): a command with a (count, size) in `shapes` whose reply is
@@ -588,13 +596,20 @@ class OnlineStore:
         closing the generator disconnects that connection.
         """
         pool = self.client.connection_pool
-        count = len(payloads)
+        sent: list[bytes] = payloads if isinstance(payloads, list) else []  # what went out (redone on trouble)
+        pending = iter(()) if isinstance(payloads, list) else iter(payloads)
+        if count is None:
+            count = len(sent)
         done = 0
         if self._lean:
             conn = pool.get_connection()
             released = False
             try:
-                conn.send_packed_command(payloads, check_health=False)
+                if sent:
+                    conn.send_packed_command(sent, check_health=False)
+                for cmd in pending:
+                    sent.append(cmd)
+                    conn.send_packed_command([cmd], check_health=False)
                 stream = ReplyStream(conn._sock, self._recv_buffer())
                 try:
                     for k in range(count):
@@ -617,8 +632,10 @@ class OnlineStore:
                     conn.disconnect()  # replies are left unread: never reuse this connection
                     pool.release(conn)
 
+        sent.extend(pending)
+
         def write(conn: Any) -> None:
-            conn.send_packed_command(payloads)
+            conn.send_packed_command(sent)
 
         yield from self._exchange(write, count, retry=True)[done:]
 

@@ -118,8 +118,9 @@ def _same(a, b) -> None:
         assert np.array_equal(ts.view(np.int64), b.event_ts[view].view(np.int64))  # NaT where no row
 
 
-def test_lean_path_reads_what_the_redispy_path_reads(redis, unique_prefix: str) -> None:
-    lean = OnlineStore(redis, unique_prefix, batch_keys=300)
+@pytest.mark.parametrize("pipeline", [0, 100])
+def test_lean_path_reads_what_the_redispy_path_reads(redis, unique_prefix: str, pipeline: int) -> None:
+    lean = OnlineStore(redis, unique_prefix, batch_keys=300, pipeline_keys=pipeline)
     plain = OnlineStore(redis, unique_prefix, batch_keys=300, lean_reads=False)
     assert lean._lean and not plain._lean
     ids = [f"{i}" for i in range(700)] + ["a|b", "c%d", "{x}", "ünï"]
