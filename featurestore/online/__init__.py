@@ -138,18 +138,25 @@ fully regular when every key has a row, so its framing is checked with strided n
 per row, no join, every value copied out. A missing row, a row of another size, an error or a RESP3
 push sends that reply (and the rest of the request) to hiredis from where it starts. Distinct plain
 int ids are checked as a sorted int64 array that packing reuses (one pass over the objects fewer
-than a set()). Measured on the shared 2-core machine (other work used 15-100% of a core in every
-run, so these are noisy): reply parse + decode of 1,000 x 171-byte rows 57 -> 37 us on replayed
-bytes; in live interleaved A/Bs of whole reads, client CPU 1-8% less and wall time 0.99-1.05x
-(``fixed_rows_speedup_mean``, bench online_features) -- small: the client's time over the raw MGET
-is mostly packing 1,000 ids (~0.15-0.2 ms) and decode/result (~0.1 ms), which this does not touch.
-Tried and not kept: sending each MGET chunk as soon as it is packed, 250-500 keys per chunk, so the
-server starts while the client packs the rest (p50 0.1-0.15 ms worse under load: no idle core to
-overlap on; untested on a quiet machine); a per-family dict of packed key bytes (no faster than
-packing: 1,000 lookups in a 100k-entry dict cost as much as formatting the ids); a numpy packer
-(digits by division, one boolean compress: 180 vs 140 us). The garbage collector is not behind
-the tail: 3,000 timed reads ran 4 generation-0 collections and no older one (``gc.callbacks``),
-so ``gc.freeze()`` would not move p99.
+than a set(): unique + pack of 1,000 ids ~10-25 us less). Measured on the shared 2-core machine
+(other work used 50-100% of a core in every run, so p99s there say nothing): reply parse + decode
+of 1,000 x 171-byte rows 57 -> 37 us on replayed bytes; in whole reads interleaved in one run, fixed
+rows vs hiredis rows 0.99-1.05x wall (``fixed_rows_speedup_mean``, bench online_features quick, 7
+runs, median 1.03), client CPU 1-8% less; the lean path vs redis-py's path 1.06-1.16x where the
+same bench before these changes gave 1.00-1.05x; ratio to the raw MGET 0.68-0.71 (before: 0.67-0.69,
+runs alternated 13:26-13:28). Small: the client's time over the raw MGET is mostly packing 1,000
+ids (~0.13-0.2 ms) and decode/result (~0.06-0.1 ms), which reading in place does not touch.
+
+Pipelined reads (``features.online_pipeline_keys``, off by default): MGETs of that many keys, each
+sent as soon as it is packed, so the server starts on the first while the client packs the rest and
+the first replies are read while it answers the others. It only pays with an idle core to overlap
+on: under the contention above, 250-key MGETs were 0.85-0.90x the one-MGET read
+(``pipelined_speedup_mean``, same runs); a quiet-machine run of the bench decides. Tried and not
+kept: a per-family dict of packed key bytes (no faster than formatting the ids: 1,000 lookups in a
+100k-entry dict cost as much); numpy packers (digits by division, then one boolean compress: 180 vs
+140 us; or grouped by digit count, rows un-permuted after: 114 + 10 vs 130 us). The garbage
+collector is not behind the tail: 3,000 timed reads ran 4 generation-0 collections and no older one
+(``gc.callbacks``), so ``gc.freeze()`` would not move p99.
 
 Optional row cache (`featurestore.online.cache`, off by default): views keyed by an entity in
 ``features.online_cache_entities`` (items) are served from an in-process cache of their stored

@@ -327,8 +327,12 @@ class RowCodec:
         for run in self._runs(tuple(wanted)):
             j0, dt = wanted[run[0]], self._scalar[wanted[run[0]]][1]
             if len(rows):  # one strided 2-D view over the run of fields, one transposing copy
-                first = rec[f"f{j0}"]
-                mat = np.lib.stride_tricks.as_strided(first, (len(rows), len(run)), (first.strides[0], 8))
+                if buf is not None:
+                    mat = np.ndarray((len(rows), len(run)), dtype=dt, buffer=buf, offset=self._scalar[j0][0],
+                                     strides=(fsize, 8))
+                else:  # rows in place in a receive buffer: strided like them
+                    first = rec[f"f{j0}"]
+                    mat = np.lib.stride_tricks.as_strided(first, (len(rows), len(run)), (first.strides[0], 8))
                 cols = mat.T.copy()
             else:
                 cols = np.empty((len(run), 0), dtype=dt)
