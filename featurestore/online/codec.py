@@ -343,7 +343,7 @@ class RowCodec:
                 continue
             f = self.features[j]
             if is_fixed(f):
-                col = np.ascontiguousarray(rec[f"f{j}"])  # a copy: `rec` may be a view of a reused buffer
+                col = np.array(rec[f"f{j}"])  # always a copy: `rec` may be a view of a reused receive buffer
                 values[r] = col.view(bool) if f.dtype is ValueType.BOOL else col
             else:
                 values[r] = self._decode_varlen(j, f, rows, rec)
