@@ -141,10 +141,11 @@ int ids are checked as a sorted int64 array that packing reuses (one pass over t
 than a set(): unique + pack of 1,000 ids ~10-25 us less). Measured on the shared 2-core machine
 (other work used 50-100% of a core in every run, so p99s there say nothing): reply parse + decode
 of 1,000 x 171-byte rows 57 -> 37 us on replayed bytes; in whole reads interleaved in one run, fixed
-rows vs hiredis rows 0.99-1.05x wall (``fixed_rows_speedup_mean``, bench online_features quick, 7
-runs, median 1.03), client CPU 1-8% less; the lean path vs redis-py's path 1.06-1.16x where the
-same bench before these changes gave 1.00-1.05x; ratio to the raw MGET 0.68-0.71 (before: 0.67-0.69,
-runs alternated 13:26-13:28). Small: the client's time over the raw MGET is mostly packing 1,000
+rows vs hiredis rows 0.93-1.05x wall (``fixed_rows_speedup_mean``, bench online_features quick, 9
+runs, median 1.01: within the noise; ~1-2% expected from the CPU saved), client CPU 1-8% less; the
+lean path vs redis-py's path 1.06-1.23x where the same bench before these changes gave 1.00-1.05x;
+ratio to the raw MGET 0.68-0.71 (before: 0.67-0.69, runs alternated 13:26-13:28). Small: the
+client's time over the raw MGET is mostly packing 1,000
 ids (~0.13-0.2 ms) and decode/result (~0.06-0.1 ms), which reading in place does not touch.
 
 Pipelined reads (``features.online_pipeline_keys``, off by default): MGETs of that many keys, each
