@@ -7,6 +7,7 @@ exactly what the store reading through redis-py serves.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -157,3 +158,24 @@ def test_pipelined_reads_send_each_mget_as_it_is_packed(redis, unique_prefix: st
     monkeypatch.setattr(conn_cls, "send_packed_command", original)
     assert sends == [1] * 8  # two views, 4 MGETs each, one write each
     _same(got, plain.read([FIXED, NAMES], ids, now=T0))
+
+
+def test_a_stalled_fixed_rows_read_falls_back_to_redispy(stack, unique_prefix: str, caplog) -> None:
+    """A reply later than the socket timeout, mid fixed-rows read: redis-py's path reads it, the next read is lean."""
+    slow = redis_py.Redis.from_url(stack.redis_url, socket_timeout=0.3)
+    admin = redis_py.Redis.from_url(stack.redis_url)
+    try:
+        store = OnlineStore(slow, unique_prefix)
+        ids = list(range(1, 200))
+        _write(store, ids)
+        expected = OnlineStore(slow, unique_prefix, lean_reads=False).read(FIXED, ids, now=T0).to_rows()
+        admin.execute_command("CLIENT", "PAUSE", 450, "ALL")
+        with caplog.at_level(logging.WARNING, logger="cascade.featurestore.online"):
+            got = store.read(FIXED, ids, now=T0).to_rows()
+        assert got == expected
+        assert any("lean path failed" in r.getMessage() for r in caplog.records)
+        assert store.read(FIXED, ids, now=T0).to_rows() == expected
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        slow.close()
+        admin.close()
