@@ -10,9 +10,9 @@ recent items). An item's score is its decayed count as of the request
 user's categories climb without pushing out the global hits entirely.
 
 The heads of the sets are the same for every user: with ``cache_s`` (config
-``channel_cache_s``) they are kept in-process, refreshed in the background
-every ``cache_s / 2`` (:class:`recall.redis_io.HeadCache`), and a request
-reads Redis only for a head it is the first to ask for.
+``channel_cache_s``) they are kept in-process, read again in the background
+once ``cache_s / 2`` old (:class:`recall.redis_io.HeadCache`), and a request
+reads Redis only for a head nobody has asked for in the last 30 s.
 """
 
 from __future__ import annotations
