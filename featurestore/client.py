@@ -379,7 +379,7 @@ class FeatureClient:
             else:
                 feature_set_versions = {name: live.feature_set_version(name) for name in repo.feature_sets}
         f = config.features
-        store = OnlineStore(redis_client(redis_url, config.redis), f.project, f.online_batch_keys, lean_reads=f.online_lean_reads)
+        store = OnlineStore.from_config(redis_client(redis_url, config.redis), config)
         cache = None
         if shared_cache and f.online_cache_ttl_ms > 0:
             cache = SharedEntityCache(store, f.online_cache_ttl_ms / 1000.0, f.online_cache_refresh_ms / 1000.0,

@@ -159,21 +159,15 @@ kept: a per-family dict of packed key bytes (no faster than formatting the ids: 
 collector is not behind the tail: 3,000 timed reads ran 4 generation-0 collections and no older one
 (``gc.callbacks``), so ``gc.freeze()`` would not move p99.
 
-Optional row cache (`featurestore.online.cache`, off by default): views keyed by an entity in
-``features.online_cache_entities`` (items) are served from an in-process cache of their stored
-rows for at most ``features.online_cache_ttl_ms`` (<= 1 s) after Redis returned them, so their
-features may be that stale. Measured with ``bench rank_service`` (two ranking servers, every
-request to both in turn, candidates drawn as the bench draws them: 1,000 of 1,682 items, ~40
-requests/s each, ttl 1 s; two runs with no other work on the machine): hit rate 0.95-0.96, the
-server's feature stage 3.64 -> 2.70 and 3.15 -> 2.29 ms mean, Rank p50 13.29 -> 12.42 and
-11.25 -> 10.48 ms (loaded runs: 0.6-1.5 ms less feature time). Decoding is not cached, so that is
-the whole gain; not enough for stale features to be the default.
+Candidate items every ranking request shares are cached above the store, decoded, by
+`featurestore.shared_cache` (a refresh-ahead snapshot, at most ``features.online_cache_ttl_ms``
+old). An earlier cache of stored row bytes here saved only the transfer (rank p50 -0.8 ms with
+empty windows) and expired in bursts; it was removed when the decoded cache replaced it.
 """
 
-from featurestore.online.cache import RowCache
 from featurestore.online.codec import RowCodec, TileCodec
 from featurestore.online.layout import encode_entity, key_prefix, view_version
 from featurestore.online.store import FeatureStatus, OnlineResult, OnlineStore, ReadPlan
 
-__all__ = ["FeatureStatus", "OnlineResult", "OnlineStore", "ReadPlan", "RowCache", "RowCodec", "TileCodec",
+__all__ = ["FeatureStatus", "OnlineResult", "OnlineStore", "ReadPlan", "RowCodec", "TileCodec",
            "encode_entity", "key_prefix", "view_version"]

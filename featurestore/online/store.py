@@ -34,7 +34,6 @@ from featurestore.definitions import (
     parse_ref,
 )
 from featurestore.online import scripts
-from featurestore.online.cache import RowCache
 from featurestore.online.codec import (
     RowCodec,
     TileCodec,
@@ -281,8 +280,7 @@ class OnlineStore:
     """
 
     def __init__(self, client: redis.Redis | redis.RedisCluster, project: str, batch_keys: int = 2000, *,
-                 lean_reads: bool = True, cache_ttl_s: float = 0.0, cache_entities: Sequence[str] = (),
-                 cache_max_entries: int = 100_000, fixed_rows: bool = True, pipeline_keys: int = 0) -> None:
+                 lean_reads: bool = True, fixed_rows: bool = True, pipeline_keys: int = 0) -> None:
         self.client = client
         self.project = project
         self.batch_keys = batch_keys
@@ -296,10 +294,6 @@ class OnlineStore:
         # lean reads: MGETs of at most this many keys, each sent as soon as it is packed (0: off; see `_read_packed`)
         self._pipeline_keys = max(0, int(pipeline_keys)) if self._lean else 0
         self._local = threading.local()  # per thread: the lean path's receive buffer
-        # Views keyed by one of `cache_entities` (e.g. items: every request shares them) are read through a
-        # short-lived in-process cache of their stored rows (`featurestore.online.cache`); off when ttl is 0.
-        self.cache = RowCache(cache_ttl_s, cache_max_entries) if cache_ttl_s > 0 and cache_entities else None
-        self.cache_entities = frozenset(cache_entities)
         self._infos: dict[int, _ViewInfo] = {}
         self._plans: dict[Any, ReadPlan] = {}
         self._sha: dict[str, str] = {}
@@ -308,9 +302,7 @@ class OnlineStore:
     def from_config(cls, client: redis.Redis | redis.RedisCluster, config: Any) -> "OnlineStore":
         f = config.features
         return cls(client, f.project, f.online_batch_keys, lean_reads=f.online_lean_reads,
-                   pipeline_keys=f.online_pipeline_keys,
-                   cache_ttl_s=f.online_cache_ttl_ms / 1000.0, cache_entities=f.online_cache_entities,
-                   cache_max_entries=f.online_cache_max_entries)
+                   pipeline_keys=f.online_pipeline_keys)
 
     # ------------------------------------------------------------- definitions
     def info(self, view: OnlineView) -> _ViewInfo:
@@ -413,7 +405,6 @@ class OnlineStore:
         # Each distinct entity of a view is fetched and decoded once, then its row is repeated: ranking reads
         # one user's rows beside 1,000 items (decoding that user's rings 1,000 times cost ~3 ms).
         key_lists: list[EntityKeys] = []
-        families: list[str | None] = []  # per key list: its name in the row cache (None: not cached)
         sizes: list[int | None] = []  # per key list: the size of every stored value when all have one (fixed rows)
         views: list[tuple[_ViewRead, np.ndarray | None, int]] = []
         for r in plan.reads:
@@ -423,14 +414,12 @@ class OnlineStore:
                 tc = r.info.tiles
                 for kind, i in r.parts:
                     key_lists.append(keys.with_tail(tc.numeric_suffix if kind == "rings" else tc.lists[i].suffix))
-                    families.append(self._cache_family(r.info, key_lists[-1]))
                     sizes.append(None)
             else:
                 key_lists.append(keys)
-                families.append(self._cache_family(r.info, keys))
                 sizes.append(r.info.codec.fixed_size if self._fixed_rows and not r.info.codec.varlen else None)
             views.append((r, inverse, len(keys)))
-        raws = self._mget_cached(key_lists, families, sizes)  # each view decoded as soon as its replies are in
+        raws = self._mget_many(key_lists, sizes)  # each view decoded as soon as its replies are in
         try:
             status, columns, event_ts = self._decode_views(views, raws, n, len(plan.refs), now_us)
         finally:
@@ -478,54 +467,6 @@ class OnlineStore:
         except KeyError as exc:
             raise KeyError(f"view {info.view.name!r} needs join key {exc.args[0]!r}") from None
         return cols[0] if len(cols) == 1 else list(zip(*cols))
-
-    def _cache_family(self, info: _ViewInfo, keys: EntityKeys) -> str | None:
-        """The cache's name for a view's keys of one kind, or None when the view is not cached."""
-        if self.cache is None:
-            return None
-        entities = info.view.entities
-        if len(entities) != 1 or entities[0].name not in self.cache_entities:
-            return None
-        return keys.prefix + ("}" if keys.tagged else "") + keys.tail
-
-    def _mget_cached(self, key_lists: list[EntityKeys], families: list[str | None],
-                     sizes: list[int | None] | None = None) -> Iterator[list[bytes | None] | np.ndarray]:
-        """`_mget_many`, except that keys of cached families are taken from the cache when it has them (as bytes:
-        those are never read as fixed rows)."""
-        if self.cache is None or not any(families):
-            yield from self._mget_many(key_lists, sizes)
-            return
-        cache = self.cache
-        fetch: list[EntityKeys] = []
-        fetch_sizes: list[int | None] = []
-        answers: list[tuple[list[Any] | None, list[int] | None]] = []  # per key list: (cached answers, their misses)
-        for v, (keys, family) in enumerate(zip(key_lists, families)):
-            if family is None:
-                fetch.append(keys)
-                fetch_sizes.append(sizes[v] if sizes is not None else None)
-                answers.append((None, None))
-                continue
-            got, missing = cache.lookup(family, keys.values)
-            if missing:
-                fetch.append(keys if len(missing) == len(got) else keys.subset(missing))
-                fetch_sizes.append(None)
-            answers.append((got, missing))
-        fetched = zip(fetch, self._mget_many(fetch, fetch_sizes)) if fetch else iter(())
-        for family, (got, missing) in zip(families, answers):
-            if got is not None and not missing:
-                yield got
-                continue
-            keys, raw = next(fetched)
-            if got is None:
-                yield raw
-                continue
-            cache.store(family, keys.values, raw)
-            if len(missing) == len(got):
-                yield raw
-                continue
-            for i, v in zip(missing, raw):
-                got[i] = v
-            yield got
 
     def _mget_many(self, keys_per_view: list[EntityKeys] | list[list[str]],
                    sizes: list[int | None] | None = None) -> Iterator[list[bytes | None] | np.ndarray]:
