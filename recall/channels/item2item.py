@@ -7,7 +7,10 @@ weighted sum of its similarities to the seeds::
 
     score(j) = sum_p decay^p * sim(seed_p, j)        (seeds themselves excluded)
 
-and the k best come back, ties broken by the smaller item id. The rows are
+and the k best come back, ties broken by the smaller item id. The scored
+neighbours are kept in ``query.memo``: asked again in the same request (the
+merge's top-up round, for more), the channel answers from them without a
+second read. The rows are
 written by :func:`recall.covisit.publish_covisit`; when it switches the live
 version the pointer read in the same MGET reveals it and the rows are read
 again under the new version (one extra round trip, once per switch).
@@ -100,6 +103,10 @@ class Item2ItemChannel:
         seeds = unique_recent(query.recent_items, self.max_seeds)
         if not seeds or k <= 0:
             return ChannelResult.empty()
+        memo_key = ("item2item", id(self))
+        scored = query.memo.get(memo_key)
+        if scored is not None:  # asked again in the same request (the merge's top-up): no second read
+            return top_k(*scored, k)  # type: ignore[misc]
         version = self._version
         if version is None:
             version = decode_str(await self.client.get(self._pointer))
@@ -113,7 +120,8 @@ class Item2ItemChannel:
                 return ChannelResult.empty()
             values = await amget(self.client, [self._pointer, *self._keys(live, seeds)])
         self._version = version
-        return self.score(seeds, values[1:], k)
+        scored = query.memo[memo_key] = self.aggregate(seeds, values[1:])
+        return top_k(*scored, k)
 
     def _keys(self, version: str, seeds: list[int]) -> list[str]:
         prefix = f"{self._prefix}{version}:"
@@ -121,6 +129,11 @@ class Item2ItemChannel:
 
     def score(self, seeds: list[int], rows: list[bytes | None], k: int) -> ChannelResult:
         """Aggregate the seeds' neighbour rows (public for offline evaluation with rows from elsewhere)."""
+        return top_k(*self.aggregate(seeds, rows), k)
+
+    def aggregate(self, seeds: list[int], rows: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(every neighbour, its weighted similarity sum), seeds excluded, ids ascending."""
+        empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
         ids_parts: list[np.ndarray] = []
         score_parts: list[np.ndarray] = []
         for p, row in enumerate(rows):
@@ -130,16 +143,15 @@ class Item2ItemChannel:
             ids_parts.append(ids)
             score_parts.append(sims.astype(np.float64) * self._weights[p])
         if not ids_parts:
-            return ChannelResult.empty()
+            return empty
         ids = np.concatenate(ids_parts)
         sc = np.concatenate(score_parts)
         keep = ~np.isin(ids, np.asarray(seeds, dtype=np.int64))
         ids, sc = ids[keep], sc[keep]
         if ids.size == 0:
-            return ChannelResult.empty()
+            return empty
         uniq, inv = np.unique(ids, return_inverse=True)
-        total = np.bincount(inv, weights=sc, minlength=uniq.size)
-        return top_k(uniq, total, k)
+        return uniq, np.bincount(inv, weights=sc, minlength=uniq.size)
 
 
 __all__ = ["Item2ItemChannel", "top_k", "unique_recent"]

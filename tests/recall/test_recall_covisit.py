@@ -157,3 +157,25 @@ def test_publish_and_item2item_channel(redis, stack, config, unique_prefix):
     assert redis.exists(f"{ns}:i2i:v1:{A}") == 0 and redis.exists(f"{ns}:i2i:v2:{A}") == 1
     assert [v.decode() for v in redis.lrange(versions_key(ns), 0, -1)] == ["v3", "v2"]
 
+
+
+def test_item2item_asked_again_in_one_request_answers_without_reading(redis, stack, config, unique_prefix):
+    ns = unique_prefix
+    publish_covisit(redis, ns, pa.table({"item_id": [A], "neighbors": [[B, C, D]], "scores": [[0.9, 0.5, 0.1]]}),
+                    version="v1")
+
+    async def scenario() -> tuple:
+        client = async_redis(stack.redis_url, config.redis)
+        try:
+            ch = Item2ItemChannel(client, ns, max_seeds=20, seed_decay=0.5)
+            q = RecallQuery(user_id=1, now_ms=0, recent_items=(A,))
+            first = await ch.recall(q, 1)
+            redis.delete(f"{ns}:i2i:v1:{A}")  # the rows are gone: what follows comes from the request's memo
+            more = await ch.recall(q, 10)  # the merge's top-up: same request, larger k
+            other = await ch.recall(RecallQuery(user_id=2, now_ms=0, recent_items=(A,)), 10)  # a new request reads
+            return first, more, other
+        finally:
+            await client.aclose()
+
+    first, more, other = asyncio.run(scenario())
+    assert first.items.tolist() == [B] and more.items.tolist() == [B, C, D] and len(other.items) == 0
