@@ -601,8 +601,8 @@ class JoinState:
                     b0 = e[at]  # the payload's value length, rewritten for this tail (_with_tail)
                     k = at + 1 + (b0 >> 1)
                     if b0 < 0x80 and e[k] >= 0x80 and e[k + 1] < 0x80:
-                        n = (((e[k] & 0x7F) | e[k + 1] << 7) >> 1) - NEGATIVE_TAIL_LEN + len(tail)
-                        rest = join((e[at:k], Z[n], e[k + 2:], tail)) if 64 <= n < 8192 else None
+                        vlen = (((e[k] & 0x7F) | e[k + 1] << 7) >> 1) - NEGATIVE_TAIL_LEN + len(tail)
+                        rest = join((e[at:k], Z[vlen], e[k + 2:], tail)) if 64 <= vlen < 8192 else None
                     else:
                         rest = None
                     if rest is None:

@@ -486,3 +486,21 @@ def test_strings_that_are_not_utf8_make_no_sample() -> None:
     st.drain()
     assert st.counts.invalid == len(bad) + 3 and out.labels() == {"r7:a": 0}
     assert out.samples[0][0].model_version.model_name == "ctr"
+
+
+def test_events_count_every_event_record_fed_in_a_batch() -> None:
+    """`counts.events` is the number of event records read, positives that emit a sample included (the positive
+    path once reused the loop's counter for a length)."""
+    out = Out()
+    st = make(out)
+    st.impressions([_R(imp("r1", x, T0), T0) for x in "abc"], partition=0)
+    st.events([_R(ev("r1", x, T0 + 100), T0) for x in "abc"] + [_R(ev("r1", "z", T0 + 100), T0)])
+    assert out.labels() == {"r1:a": 1, "r1:b": 1, "r1:c": 1}
+    assert st.counts.events == 4 and st.counts.positives == 3
+
+
+class _R:
+    """A ConsumerRecord's fields the batch entry points read."""
+
+    def __init__(self, value: bytes, timestamp: int) -> None:
+        self.value, self.timestamp = value, timestamp
