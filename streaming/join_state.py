@@ -388,8 +388,12 @@ class JoinState:
         log = self._log
         log_sids, log_len, log_val = log.sids, log.lengths.append, log.values.append
         newest = -1
-        invalid = expired = 0
+        invalid = expired = positives = 0
         min_ms, max_ms = -_MAX_MS, _MAX_MS
+        joined = None  # a positive's joined_at_ms field, made at the first
+        L = _LEN
+        out_p, out_run = None, None
+        dirty_early_pop, forget_add = self.dirty_early.pop, self._forgetting.add
         for rec in records:
             try:
                 m = parse(rec.value)
@@ -460,12 +464,37 @@ class JoinState:
                     invalid += 1
                     continue
                 entry = _OPEN_HEAD.pack(ts, partition, 0) + payload
+            if ts > newest:
+                newest = ts
             if e is not None:
+                if 0 <= e[2] <= close:  # a positive event within the window came first: its sample now (inline
+                    # _join_early -> _emit_sample -> mark_emitted: with events read ahead, most clicks come early)
+                    types, click_ms = e[4], e[3]
+                    if joined is None:
+                        joined = b"\x60" + _time_varint(self._now_ms) if self._now_ms else b""
+                    if 16384 <= click_ms < max_ms and len(types) < 128 and types.isascii():  # (positive_tail)
+                        tail = join((_POSITIVE, b"\x32", L[len(types)], types, b"\x40", LO[click_ms & 16383],
+                                     _uvarint(click_ms >> 14), joined))
+                    else:
+                        tail = positive_tail(types, click_ms, joined)
+                    if partition != out_p:
+                        out_p, out_run = partition, self._run(partition, b"")
+                    out_run.append(_with_tail(entry[_OPEN_HEAD_SIZE:], tail))
+                    entries[sid] = marker = close << 1 | 1
+                    dirty_early_pop(sid, None)
+                    log_sids += sid  # self._log.add(sid, marker), inline
+                    log_len(len(sid))
+                    log_val(marker)
+                    forget_add(close, sid)
+                    n_open -= 1
+                    positives += 1
+                    self.n_done += 1
+                    if self.n_done > self.max_emitted:
+                        self._evict_markers()
+                    continue
                 self.n_open = n_open
                 self._join_early(sid, e, entry, ts, close, partition)
                 n_open = self.n_open
-                if ts > newest:
-                    newest = ts
                 continue
             entries[sid] = entry  # only its id goes in the delta (replayed from the input, see take_delta_blobs)
             log_sids += sid  # self._log.add(sid, OPENED), inline
@@ -481,8 +510,6 @@ class JoinState:
                     heappush(closing_keys, b)
                 last_list.append(sid)
                 last_b = b
-            if ts > newest:
-                newest = ts
             n_open += 1
             if n_open > max_pending:
                 self.n_open = n_open
@@ -491,6 +518,7 @@ class JoinState:
                 last_b = None  # the overflow may have emptied (and dropped) the cached bucket
         self.n_open = n_open
         c.impressions += len(records)
+        c.positives += positives
         c.invalid += invalid
         c.expired_impressions += expired
         self._deliver()

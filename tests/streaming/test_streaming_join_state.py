@@ -504,3 +504,40 @@ class _R:
 
     def __init__(self, value: bytes, timestamp: int) -> None:
         self.value, self.timestamp = value, timestamp
+
+
+def test_early_clicks_make_the_samples_protobuf_makes_and_their_markers() -> None:
+    """Events read before their impression (the common case when the events topic is read ahead): the positive
+    sample made when the impression comes equals the protobuf API's, and its marker is in state and delta."""
+    import random
+
+    from streaming.join_state import build_sample
+
+    rng = random.Random(11)
+    out = Out()
+    st = make(out, max_pending=10_000, max_emitted=10_000)
+    made = {}
+    for i in range(200):
+        ts = rng.choice((T0, T0 + 7_000, 1 << 45))
+        im = Impression(request_id=f"q{i}", user_id=rng.choice(("u", "ü")) + str(i), item_id=f"i{i}", position=i % 12,
+                        timestamp_ms=ts, served_feature_id=rng.choice(("", "sf")),
+                        model_version=ModelVersion(model_name="ctr", version="v1", kind=1))
+        types = bytes(rng.sample([DWELL, LIKE, 200], rng.randrange(0, 3))) + bytes([CLICK])
+        click_ms = rng.choice((ts + 5, 0, 100, ts + W))  # 100: the general tail (a time below 2**14)
+        for t in types:
+            st.event(Event(event_id=f"e{i}{t}", type=t, user_id=im.user_id, item_id=im.item_id, request_id=im.request_id,
+                           timestamp_ms=click_ms, received_at_ms=ts + 1).SerializeToString())
+        made[f"q{i}:i{i}"] = (im, types, click_ms)
+    st.take_delta_blobs()
+    for sid in made:
+        assert st.kind(sid.encode()) == EARLY
+    st.impressions([_R(made[sid][0].SerializeToString(), T0) for sid in made], partition=2)
+    assert len(out.samples) == len(made) and st.counts.positives == len(made) and st.n_open == 0
+    for got, key, partition in out.samples:
+        im, types, click_ms = made[got.sample_id]
+        want = build_sample(got.sample_id, im, im.timestamp_ms, 1, types, click_ms, T0 + 99)
+        assert got == want and key == im.user_id.encode() and partition == 2
+        assert st.entry(got.sample_id.encode())[:4] == (DONE, im.timestamp_ms + W + 5_000, 1, im.timestamp_ms + W)
+    restored = make(Out(), max_pending=10_000, max_emitted=10_000)
+    restored.load(decode_entries(b"".join(st.take_delta_blobs())))
+    assert {sid.encode() for sid in made} == {sid for sid, e in restored.entries.items() if e.__class__ is int}
