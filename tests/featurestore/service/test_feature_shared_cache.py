@@ -25,8 +25,9 @@ class Clock:
         return self.now
 
 
-def _client(seeded: SimpleNamespace, ttl_s: float = 1.0, refresh_s: float = 0.5, clock: Any = None) -> FeatureClient:
-    cache = SharedEntityCache(seeded.store, ttl_s, refresh_s, clock=clock or time.monotonic)
+def _client(seeded: SimpleNamespace, ttl_s: float = 1.0, refresh_s: float = 0.5, clock: Any = None,
+            chunk_keys: int = 256) -> FeatureClient:
+    cache = SharedEntityCache(seeded.store, ttl_s, refresh_s, clock=clock or time.monotonic, chunk_keys=chunk_keys)
     cache._stop.set()  # these tests drive refreshes by hand (the thread is tested on its own below)
     return FeatureClient(seeded.store, seeded.repo, shared_cache=cache)
 
@@ -37,8 +38,9 @@ def _ctr(seeded: SimpleNamespace, value: float, at: Any) -> None:
         "event_ts": pa.array([at], type=pa.timestamp("us", "UTC"))}))
 
 
-def test_rows_from_the_cache_equal_rows_from_redis(seeded: SimpleNamespace) -> None:
-    cached = _client(seeded)
+@pytest.mark.parametrize("chunk_keys", [256, 1])  # 1: the refresh reads key by key and joins the parts
+def test_rows_from_the_cache_equal_rows_from_redis(seeded: SimpleNamespace, chunk_keys: int) -> None:
+    cached = _client(seeded, chunk_keys=chunk_keys)
     want = seeded.client.get_online_features(None, KEYS, FEATURES, now=seeded.now)
     cold = cached.get_online_features(None, KEYS, FEATURES, now=seeded.now)  # nothing cached yet: all from Redis
     cached.shared_cache.refresh()
