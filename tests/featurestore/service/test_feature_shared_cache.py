@@ -32,6 +32,14 @@ def _client(seeded: SimpleNamespace, ttl_s: float = 1.0, refresh_s: float = 0.5,
     return FeatureClient(seeded.store, seeded.repo, shared_cache=cache)
 
 
+def _warm(seeded: SimpleNamespace, clock: Clock) -> FeatureClient:
+    """A cached client whose snapshot holds KEYS' items (read once, then refreshed)."""
+    cached = _client(seeded, clock=clock)
+    cached.get_online_features(None, KEYS, FEATURES)
+    cached.shared_cache.refresh()
+    return cached
+
+
 def _ctr(seeded: SimpleNamespace, value: float, at: Any) -> None:
     seeded.store.write_rows(seeded.repo.view("item_stats"), pa.table({
         "item_id": [5], "ctr": [value], "recent": [[1]], "weights": [[0.5]],
@@ -57,9 +65,7 @@ def test_rows_from_the_cache_equal_rows_from_redis(seeded: SimpleNamespace, chun
 
 def test_an_item_write_is_seen_at_the_next_refresh_and_users_are_always_read_fresh(seeded: SimpleNamespace) -> None:
     clock = Clock()
-    cached = _client(seeded, clock=clock)
-    cached.get_online_features(None, KEYS, FEATURES)
-    cached.shared_cache.refresh()
+    cached = _warm(seeded, clock)
     _ctr(seeded, 0.9, seeded.now)
     seeded.store.write_rows(seeded.repo.view("profile"), pa.table({
         "user_id": [1], "age": [31], "score": [0.9], "city": ["Paris"], "vip": [True], "emb": [[1.0, 2.0, 3.0]],
@@ -74,9 +80,7 @@ def test_an_item_write_is_seen_at_the_next_refresh_and_users_are_always_read_fre
 
 def test_a_snapshot_is_never_served_past_the_ttl(seeded: SimpleNamespace) -> None:
     clock = Clock()
-    cached = _client(seeded, clock=clock)
-    cached.get_online_features(None, KEYS, FEATURES)
-    cached.shared_cache.refresh()
+    cached = _warm(seeded, clock)
     _ctr(seeded, 0.7, seeded.now)
     clock.now += 1.0  # no refresh came (Redis down, thread behind): the snapshot is too old to serve
     hits = cached.shared_cache.hits
