@@ -4,13 +4,25 @@ Kinds (``RecallConfig.index_kind``):
 
 ``auto`` (the default)
     Resolved at build time from the catalogue size: ``flat`` up to
-    ``auto_flat_max_items`` (exact and still well under a millisecond), ``ivfpq``
-    above. Why not HNSW: ``./run bench ann`` (clustered 64-d vectors, one thread
+    ``auto_flat_max_items`` (exact and still well under a millisecond),
+    ``ivfpq_fastscan`` above. Why not HNSW: ``./run bench ann`` (clustered 64-d vectors, one thread
     per query) measured IVF-PQ with exact refinement ahead at every size tried:
     200k items, nprobe 32 / refine 16 gave recall@100 0.965 at p99 1.05 ms while
     HNSW (M 32, efConstruction 80) needed efSearch 1024 for 0.968 at p99 2.25 ms;
     at 1M items nprobe 128 / refine 16 gave 0.963 at p99 1.50 ms and HNSW missed
     the 0.95 @ 2 ms goal, after a ~10 min build against ~1 min for IVF-PQ.
+    Why FastScan over 8-bit IVF-PQ: the same lists and settings (4096 lists, nprobe
+    128, refine 16, refine budget 2000) on ``bench.ann.make_data(1_000_000, 4096)``
+    (2,000 queries for recall, 1,000 single queries on one thread for latency, the two
+    indexes taking turns in blocks of 20 queries in one run; quick runs by hand on the
+    shared 2-core machine, load average ~1.4-1.6): 64 x 4-bit codes (by residual) gave
+    recall@100 0.981 vs 0.963 at p50 1.20 vs 1.86 ms, p99 2.12 vs 2.87 ms; at k = 830
+    (the embedding channel's ask in a 1,000-candidate recall_service request)
+    recall@830 0.961 vs 0.916 at p50 1.36 vs 2.28 ms, p99 2.60 vs 3.72 ms. On the
+    recall_service catalogue's own 1M vectors (generator latents, queries the mean of
+    a user's last 20 clicks, same run): recall@830 0.980 vs 0.973, p50 1.54 vs 2.43 ms,
+    p99 2.72 vs 3.74 ms. 32 x 4-bit codes (the 16 bytes of ivfpq's 16 x 8) were fast
+    but reached only recall@100 0.90 (0.92 by residual) at nprobe 128.
 
 ``flat``
     Exact search (``IndexFlatIP``): the ground truth, and fine up to ~100k items.
@@ -25,6 +37,12 @@ Kinds (``RecallConfig.index_kind``):
     ``IndexIVFPQ`` (``ivf_nlist`` lists, ``pq_m`` sub-quantizers of 8 bits) wrapped
     in ``IndexRefineFlat``: the PQ scan proposes ``refine_factor * k`` candidates
     and the exact vectors re-rank them (the memory of the full vectors is the price).
+``ivfpq_fastscan``
+    ``IndexIVFPQFastScan`` (the same lists, nprobe and exact re-ranking as ``ivfpq``;
+    ``fastscan_pq_m`` sub-quantizers of 4 bits, codes laid out in blocks of
+    ``fastscan_bbs`` and scored with SIMD in-register lookup tables of 8-bit
+    distances). The 4-bit codes are coarser, so it takes more of them (64 x 4 bits,
+    32 bytes, against ivfpq's 16 x 8 bits) and relies on the re-ranking.
 
 ``metric="cosine"`` L2-normalises items and queries, after which it is inner
 product on unit vectors (ranked by L2 on the same vectors, no lift needed).
@@ -52,7 +70,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-KINDS = ("flat", "hnsw", "ivfpq")
+KINDS = ("flat", "hnsw", "ivfpq", "ivfpq_fastscan")
+_IVF_KINDS = ("ivfpq", "ivfpq_fastscan")
 AUTO = "auto"  # resolved to one of KINDS by catalogue size at build time
 METRICS = ("ip", "cosine")
 INDEX_FILE = "index.faiss"
@@ -77,18 +96,24 @@ class IndexParams:
     pq_nbits: int = 8
     refine_factor: int = 16  # ivfpq: PQ candidates per result re-ranked exactly (0: no re-ranking)
     refine_budget: int = 2000  # ivfpq: ...but no more than about this many in all (large k: factor shrinks, >= 2)
-    auto_flat_max_items: int = 20_000  # auto: exact search up to this many items, IVF-PQ above
+    auto_flat_max_items: int = 20_000  # auto: exact search up to this many items, IVF-PQ FastScan above
+    fastscan_pq_m: int = 64  # ivfpq_fastscan: 4-bit sub-quantizers (64 x 4 bits = 32 code bytes; 32 x 4 lost recall)
+    fastscan_bbs: int = 32  # ivfpq_fastscan: codes per SIMD block (a multiple of 32)
+    fastscan_by_residual: bool = True  # ivfpq_fastscan: encode residuals to the list centroid (FAISS "x4fsr")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS + (AUTO,):
             raise ValueError(f"index kind must be one of {KINDS + (AUTO,)}, got {self.kind!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe", "pq_m", "pq_nbits"):
+        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe", "pq_m", "pq_nbits",
+                     "fastscan_pq_m"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"IndexParams.{name} must be positive")
         if self.refine_factor < 0:
             raise ValueError("IndexParams.refine_factor must be >= 0")
+        if self.fastscan_bbs <= 0 or self.fastscan_bbs % 32:
+            raise ValueError("IndexParams.fastscan_bbs must be a positive multiple of 32")
 
     @classmethod
     def from_config(cls, recall_config: Any, **overrides: Any) -> IndexParams:
@@ -104,13 +129,14 @@ class IndexParams:
         """The concrete kind for a catalogue of `n_items` (``auto`` picks by size; others stay)."""
         if self.kind != AUTO:
             return self
-        return replace(self, kind="flat" if n_items <= self.auto_flat_max_items else "ivfpq")
+        return replace(self, kind="flat" if n_items <= self.auto_flat_max_items else "ivfpq_fastscan")
 
 
 _CONFIG_FIELDS = {
     "kind": "index_kind", "metric": "metric", "hnsw_m": "hnsw_m", "hnsw_ef_construction": "hnsw_ef_construction",
     "hnsw_ef_search": "hnsw_ef_search", "ivf_nlist": "ivf_nlist", "ivf_nprobe": "ivf_nprobe", "pq_m": "pq_m",
     "refine_factor": "ivf_refine_factor", "refine_budget": "ivf_refine_budget", "auto_flat_max_items": "auto_flat_max_items",
+    "fastscan_pq_m": "fastscan_pq_m", "fastscan_bbs": "fastscan_bbs", "fastscan_by_residual": "fastscan_by_residual",
 }
 
 
@@ -219,12 +245,14 @@ class ItemIndex:
             index.hnsw.efSearch = params.hnsw_ef_search
             info.effective = {"hnsw_m": params.hnsw_m, "ef_construction": params.hnsw_ef_construction}
         else:
-            index, info.effective = _ivfpq(x, params)
+            index, info.effective = _ivfpq(x, params) if params.kind == "ivfpq" else _ivfpq_fastscan(x, params)
             data = x
             t = time.perf_counter()
             if n:
                 rng = np.random.default_rng(seed)
                 sample = x if n <= _train_size(info.effective) else x[np.sort(rng.choice(n, _train_size(info.effective), replace=False))]
+                if sample.shape[0] < 1 << info.effective["pq_nbits"]:  # 4-bit codes: 16 centroids need 16 points
+                    sample = np.resize(sample, (1 << info.effective["pq_nbits"], dim))
                 index.train(sample)
             info.train_s = time.perf_counter() - t
         _add(index, data, progress, f"index {params.kind}")
@@ -241,7 +269,7 @@ class ItemIndex:
                                                                  ("refine_factor", refine_factor)) if v is not None})
         if self.params.kind == "hnsw":
             faiss.downcast_index(self._index).hnsw.efSearch = self.params.hnsw_ef_search
-        elif self.params.kind == "ivfpq":
+        elif self.params.kind in _IVF_KINDS:
             refine = self._index if isinstance(self._index, faiss.IndexRefine) else None
             base = faiss.downcast_index(refine.base_index) if refine is not None else faiss.downcast_index(self._index)
             faiss.extract_index_ivf(base).nprobe = min(self.params.ivf_nprobe, faiss.extract_index_ivf(base).nlist)
@@ -365,29 +393,53 @@ def _lift_items(x: np.ndarray, norms: np.ndarray, max_norm: float) -> np.ndarray
     return out
 
 
+def _nlist_for(n: int, params: IndexParams) -> int:
+    """At most n/39 lists: FAISS's k-means wants ~39 points per centroid."""
+    return max(1, min(params.ivf_nlist, n // 39 if n >= 39 else 1))
+
+
+def _coarse(dim: int) -> faiss.Index:
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.this.disown()  # owned by the IVF index (own_fields)
+    return quantizer
+
+
+def _with_refine(ivf: faiss.IndexIVF, params: IndexParams) -> faiss.Index:
+    """`ivf` wrapped in ``IndexRefineFlat`` (exact re-ranking) unless ``refine_factor`` is 0."""
+    ivf.own_fields = True
+    ivf.cp.min_points_per_centroid = 1  # tiny sets: no warnings, the sizes chosen already keep k-means sane
+    ivf.pq.cp.min_points_per_centroid = 1
+    if params.refine_factor <= 0:
+        return ivf
+    refine = faiss.IndexRefineFlat(ivf)
+    refine.own_fields = True
+    ivf.this.disown()
+    refine.k_factor = float(params.refine_factor)
+    return refine
+
+
 def _ivfpq(x: np.ndarray, params: IndexParams) -> tuple[faiss.Index, dict[str, Any]]:
-    """IVF-PQ sized to the data: at most n/39 lists (FAISS's k-means minimum), fewer PQ bits for tiny sets."""
+    """IVF-PQ sized to the data: at most n/39 lists, fewer PQ bits for tiny sets."""
     n, dim = x.shape
-    nlist = max(1, min(params.ivf_nlist, n // 39 if n >= 39 else 1))
+    nlist = _nlist_for(n, params)
     m = _pq_m_for(dim, params.pq_m)
     nbits = params.pq_nbits
     while nbits > 1 and n < 39 * (1 << nbits):  # each sub-quantizer's k-means needs ~39 points per centroid
         nbits -= 1
-    metric = faiss.METRIC_INNER_PRODUCT
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, metric)
-    ivf.own_fields = True
-    quantizer.this.disown()
-    ivf.cp.min_points_per_centroid = 1  # tiny sets: no warnings, the sizes above already keep k-means sane
-    ivf.pq.cp.min_points_per_centroid = 1
-    index: faiss.Index = ivf
-    if params.refine_factor > 0:
-        refine = faiss.IndexRefineFlat(ivf)
-        refine.own_fields = True
-        ivf.this.disown()
-        refine.k_factor = float(params.refine_factor)
-        index = refine
-    return index, {"nlist": nlist, "pq_m": m, "pq_nbits": nbits, "refine_factor": params.refine_factor}
+    ivf = faiss.IndexIVFPQ(_coarse(dim), dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    return _with_refine(ivf, params), {"nlist": nlist, "pq_m": m, "pq_nbits": nbits, "refine_factor": params.refine_factor}
+
+
+def _ivfpq_fastscan(x: np.ndarray, params: IndexParams) -> tuple[faiss.Index, dict[str, Any]]:
+    """IVF-PQ FastScan: 4-bit codes laid out in blocks of ``fastscan_bbs`` and scanned with SIMD lookup tables."""
+    n, dim = x.shape
+    nlist = _nlist_for(n, params)
+    m = _pq_m_for(dim, params.fastscan_pq_m)
+    ivf = faiss.IndexIVFPQFastScan(_coarse(dim), dim, nlist, m, 4, faiss.METRIC_INNER_PRODUCT, params.fastscan_bbs)
+    ivf.by_residual = bool(params.fastscan_by_residual)
+    return _with_refine(ivf, params), {"nlist": nlist, "pq_m": m, "pq_nbits": 4, "bbs": params.fastscan_bbs,
+                                       "by_residual": bool(params.fastscan_by_residual),
+                                       "refine_factor": params.refine_factor}
 
 
 def _train_size(effective: dict[str, Any]) -> int:

@@ -62,7 +62,7 @@ def test_fewer_items_than_k_pads_with_minus_one(make_clustered) -> None:
         assert np.all(ids[:, 5:] == -1) and np.all(np.isneginf(scores[:, 5:]))
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq", "ivfpq_fastscan"])
 def test_save_load_round_trip(kind: str, tmp_path: Path, make_clustered) -> None:
     x, q = make_clustered(3000, 16)
     ids = np.arange(3000, dtype=np.int64) + 1000
@@ -102,14 +102,16 @@ def test_params_from_config_and_validation(config) -> None:
         ItemIndex.build(np.eye(4, dtype=np.float32), np.array([1, 1, 2, 3]), kind="flat")
 
 
-def test_auto_kind_is_exact_for_small_catalogues_and_ivfpq_for_large(make_clustered) -> None:
+def test_auto_kind_is_exact_for_small_catalogues_and_fastscan_for_large(make_clustered) -> None:
     x, q = make_clustered(3000, 16, clusters=30)
     small = ItemIndex.build(x, None, IndexParams(kind="auto", auto_flat_max_items=5000))
     assert small.kind == "flat"
     assert np.array_equal(small.search(q, 10)[0], exact_search(x, q, 10)[0])
-    large = ItemIndex.build(x, None, IndexParams(kind="auto", auto_flat_max_items=1000, ivf_nlist=32, ivf_nprobe=32, pq_m=4))
-    assert large.kind == "ivfpq"
-    assert IndexParams(kind="auto").resolved(10**6).kind == "ivfpq"
+    large = ItemIndex.build(x, None, IndexParams(kind="auto", auto_flat_max_items=1000, ivf_nlist=32, ivf_nprobe=32,
+                                                 fastscan_pq_m=8))
+    assert large.kind == "ivfpq_fastscan"
+    assert recall_at_k(large.search(q, 10)[0], exact_search(x, q, 10)[0]) >= 0.9
+    assert IndexParams(kind="auto").resolved(10**6).kind == "ivfpq_fastscan"
 
 
 def test_large_k_searches_shrink_the_refine_factor_to_the_budget(make_clustered) -> None:
