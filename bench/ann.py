@@ -29,7 +29,14 @@ Measured (metric: inner product, k = 100, 2,000 queries):
   with recall@100 and the latency of single queries one at a time through
   ``ItemIndex.search`` on one FAISS thread (p50 / p99, Python call included);
 * IVF-PQ (nlist lists, pq_m x 8-bit codes) with exact re-ranking of
-  refine_factor x k candidates: a sweep of nprobe x refine_factor likewise.
+  refine_factor x k candidates: a sweep of nprobe x refine_factor likewise;
+* IVF-PQ FastScan (the same lists, fastscan_pq_m x 4-bit codes scanned with SIMD
+  lookup tables, the same exact re-ranking): the same sweep;
+* same run, the two IVF kinds at the configured nprobe / refine factor / refine
+  budget side by side (``compare_*``), at k = 100 and at k = 830, what the
+  embedding channel asks for on the recall_service benchmark (a 1,000-candidate
+  request): recall@k against exact, and single-query latency measured with the
+  two indexes taking turns in blocks of 20 queries, so both see the same load.
 
 Goal: recall@100 >= 0.95 at p99 <= 2 ms single-threaded. The figures name the
 cheapest setting of each index kind that reaches the recall goal. The machine
@@ -57,6 +64,7 @@ from cascade.config import Config  # noqa: E402
 
 DIM = 64
 K = 100
+K_SERVICE = 830  # the embedding channel's usual ask in a 1,000-candidate recall_service request
 N_QUERIES = 2000
 GOAL_RECALL = 0.95
 GOAL_P99_MS = 2.0
@@ -120,21 +128,38 @@ def _latency(index: Any, queries: np.ndarray, passes: int = 3) -> dict[str, floa
     time slices other processes take on a shared machine (a query's own cost
     does not change between passes).
     """
+    return _latencies({"": index}, queries, K, passes)[""]
+
+
+def _latencies(indexes: dict[str, Any], queries: np.ndarray, k: int, passes: int = 3,
+               block: int = 20) -> dict[str, dict[str, float]]:
+    """`_latency` of several indexes at once, taking turns in blocks of `block` queries (the order rotating), so
+    bursts of load on the shared machine hit them alike while each block runs on its own index's warm caches
+    (query-by-query interleaving slowed both: each query evicted the other index's coarse centroids)."""
     import faiss
 
     faiss.omp_set_num_threads(1)
+    names = list(indexes)
     for q in queries[:50]:  # warm-up
-        index.search(q[None, :], K)
-    times = np.empty((passes, len(queries)))
+        for name in names:
+            indexes[name].search(q[None, :], k)
+    times = {name: np.empty((passes, len(queries))) for name in names}
     for p in range(passes):
-        for i, q in enumerate(queries):
-            t = time.perf_counter()
-            index.search(q[None, :], K)
-            times[p, i] = time.perf_counter() - t
-    pct = percentiles(times[0])
-    best = percentiles(times.min(axis=0))
-    return {"p50_ms": round(pct["p50_ms"], 4), "p99_ms": round(pct["p99_ms"], 4), "mean_ms": round(pct["mean_ms"], 4),
-            "p99_min_ms": round(best["p99_ms"], 4)}
+        for b, lo in enumerate(range(0, len(queries), block)):
+            for j in range(len(names)):
+                name = names[(b + j) % len(names)]
+                for i in range(lo, min(lo + block, len(queries))):
+                    q = queries[i : i + 1]
+                    t = time.perf_counter()
+                    indexes[name].search(q, k)
+                    times[name][p, i] = time.perf_counter() - t
+    out = {}
+    for name in names:
+        pct = percentiles(times[name][0])
+        best = percentiles(times[name].min(axis=0))
+        out[name] = {"p50_ms": round(pct["p50_ms"], 4), "p99_ms": round(pct["p99_ms"], 4),
+                     "mean_ms": round(pct["mean_ms"], 4), "p99_min_ms": round(best["p99_ms"], 4)}
+    return out
 
 
 def _recall_batch(index: Any, queries: np.ndarray, truth: np.ndarray, threads: int) -> float:
@@ -152,6 +177,71 @@ def _rss_mb() -> float:
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     ok = [r for r in rows if r["recall@100"] >= GOAL_RECALL]
     return min(ok, key=lambda r: r["p99_min_ms"]) if ok else None
+
+
+def _sweep(tag: str, index: Any, groups: list[list[dict[str, int]]], queries: np.ndarray, truth: np.ndarray,
+           threads: int) -> list[dict[str, Any]]:
+    """Recall@100 and single-query latency per setting (``set_search_params`` keywords); a group of settings, in
+    rising cost, stops at recall 0.99 or at a p99 four times the goal."""
+    rows = []
+    for group in groups:
+        for setting in group:
+            index.set_search_params(**setting)
+            row = {**setting, "recall@100": _recall_batch(index, queries, truth, threads), **_latency(index, queries)}
+            rows.append(row)
+            step(f"{tag} {' '.join(f'{k}={v}' for k, v in setting.items())}: recall@100 {row['recall@100']:.4f}, "
+                 f"p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms (best-of-3 p99 {row['p99_min_ms']:.3f} ms)")
+            if row["recall@100"] >= 0.99 or row["p99_min_ms"] > 4 * GOAL_P99_MS:
+                break
+    return rows
+
+
+def _ivf_sweep(tag: str, desc: str, params: Any, items: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+               plan: dict[str, Any], threads: int, figures: dict[str, Any]) -> Any:
+    """Build an IVF kind (with exact re-ranking), record its cost, sweep nprobe x refine_factor; returns the index."""
+    from recall.index import ItemIndex
+
+    rss0 = _rss_mb()
+    step(f"{tag}: train + add {desc} + exact re-ranking, on {threads} threads")
+    index = ItemIndex.build(items, None, params, threads=threads)
+    n = len(index)
+    eff = index.info.effective
+    figures[f"{tag}_build_s"] = round(index.info.build_s, 2)
+    figures[f"{tag}_train_s"] = round(index.info.train_s, 2)
+    figures[f"{tag}_bytes"] = index.memory_bytes()
+    figures[f"{tag}_bytes_per_item"] = round(index.memory_bytes() / n, 1)
+    figures[f"{tag}_code_bytes_per_item"] = eff["pq_m"] * eff["pq_nbits"] / 8  # without the re-ranking copy (4 * dim bytes)
+    figures[f"{tag}_rss_growth_mb"] = round(_rss_mb() - rss0, 1)
+    rows = _sweep(tag, index, [[{"nprobe": nprobe, "refine_factor": refine} for nprobe in plan["nprobe"]]
+                               for refine in plan["refine"]], queries, truth, threads)
+    figures[f"{tag}_sweep"] = rows
+    figures[f"{tag}_best"] = _best(rows)
+    return index
+
+
+def _compare(both: dict[str, Any], queries: np.ndarray, truth: np.ndarray, truth_service: np.ndarray, rc: Any,
+             threads: int, figures: dict[str, Any]) -> None:
+    """ivfpq and ivfpq_fastscan at the configured search settings, at k = K and K_SERVICE, latency in turns."""
+    import faiss
+
+    ivf = both["ivfpq"]
+    for index in both.values():
+        index.set_search_params(nprobe=rc.ivf_nprobe, refine_factor=rc.ivf_refine_factor)
+    figures["compare_settings"] = {"nprobe": rc.ivf_nprobe, "refine_factor": rc.ivf_refine_factor,
+                                   "refine_budget": rc.ivf_refine_budget,
+                                   f"refine_factor_at_k{K_SERVICE}": ivf.refine_factor_for(K_SERVICE)}
+    n_lat = min(len(queries), 1000)
+    for k, k_truth in ((K, truth), (K_SERVICE, truth_service)):
+        faiss.omp_set_num_threads(threads)
+        recalls = {name: round(_recall(index.search(queries, k)[0], k_truth), 4) for name, index in both.items()}
+        lat = _latencies(both, queries[:n_lat], k, passes=2)
+        for name in both:
+            figures[f"compare_k{k}_{name}"] = {f"recall@{k}": recalls[name], **lat[name]}
+        ratio = lat["ivfpq_fastscan"]["p50_ms"] / lat["ivfpq"]["p50_ms"]
+        figures[f"compare_k{k}_fastscan_p50_ratio"] = round(ratio, 3)
+        step(f"same run k={k}: ivfpq recall {recalls['ivfpq']:.4f} p50 {lat['ivfpq']['p50_ms']:.3f} p99 "
+             f"{lat['ivfpq']['p99_ms']:.3f} ms | fastscan recall {recalls['ivfpq_fastscan']:.4f} p50 "
+             f"{lat['ivfpq_fastscan']['p50_ms']:.3f} p99 {lat['ivfpq_fastscan']['p99_ms']:.3f} ms (p50 x{ratio:.2f})")
 
 
 def run(quick: bool, config: Config) -> dict[str, Any]:
@@ -173,7 +263,8 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
     faiss.omp_set_num_threads(threads)
     t = time.perf_counter()
     flat = ItemIndex.build(items, None, IndexParams(kind="flat"), threads=threads)
-    truth, _ = flat.search(queries, K)
+    truth_service, _ = flat.search(queries, K_SERVICE)
+    truth = np.ascontiguousarray(truth_service[:, :K])
     exact_s = time.perf_counter() - t
     flat_single = _latency(flat, queries[:100], passes=1)
     del flat
@@ -196,15 +287,7 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         figures[f"{tag}_bytes"] = hnsw.memory_bytes()
         figures[f"{tag}_bytes_per_item"] = round(hnsw.memory_bytes() / n, 1)
         figures[f"{tag}_rss_growth_mb"] = round(_rss_mb() - rss0, 1)
-        rows = []
-        for ef in plan["ef"]:
-            hnsw.set_search_params(ef_search=ef)
-            row = {"ef_search": ef, "recall@100": _recall_batch(hnsw, queries, truth, threads), **_latency(hnsw, queries)}
-            rows.append(row)
-            step(f"{tag} ef={ef}: recall@100 {row['recall@100']:.4f}, p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms "
-                 f"(best-of-3 p99 {row['p99_min_ms']:.3f} ms)")
-            if row["recall@100"] >= 0.99 or row["p99_min_ms"] > 4 * GOAL_P99_MS:
-                break
+        rows = _sweep(tag, hnsw, [[{"ef_search": ef} for ef in plan["ef"]]], queries, truth, threads)
         figures[f"{tag}_sweep"] = rows
         figures[f"{tag}_best"] = _best(rows)
         kinds.append(tag)
@@ -228,32 +311,21 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         del native
         gc.collect()
 
-    # ---------------------------------------------------------------- IVF-PQ
-    rss0 = _rss_mb()
-    step(f"ivfpq: train + add nlist={plan['nlist']} pq_m={rc.pq_m} (8-bit) + exact re-ranking, on {threads} threads")
-    ivf = ItemIndex.build(items, None, IndexParams(kind="ivfpq", metric="ip", ivf_nlist=plan["nlist"], pq_m=rc.pq_m,
-                                                   refine_factor=max(plan["refine"])), threads=threads)
-    figures["ivfpq_build_s"] = round(ivf.info.build_s, 2)
-    figures["ivfpq_train_s"] = round(ivf.info.train_s, 2)
-    figures["ivfpq_bytes"] = ivf.memory_bytes()
-    figures["ivfpq_bytes_per_item"] = round(ivf.memory_bytes() / n, 1)
-    figures["ivfpq_code_bytes_per_item"] = rc.pq_m  # without the re-ranking copy of the vectors (4 * dim bytes)
-    figures["ivfpq_rss_growth_mb"] = round(_rss_mb() - rss0, 1)
-    rows = []
-    for refine in plan["refine"]:
-        for nprobe in plan["nprobe"]:
-            ivf.set_search_params(nprobe=nprobe, refine_factor=refine)
-            row = {"nprobe": nprobe, "refine_factor": refine, "recall@100": _recall_batch(ivf, queries, truth, threads),
-                   **_latency(ivf, queries)}
-            rows.append(row)
-            step(f"ivfpq nprobe={nprobe} refine={refine}: recall@100 {row['recall@100']:.4f}, "
-                 f"p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms (best-of-3 p99 {row['p99_min_ms']:.3f} ms)")
-            if row["recall@100"] >= 0.99 or row["p99_min_ms"] > 4 * GOAL_P99_MS:
-                break
-    figures["ivfpq_sweep"] = rows
+    # ---------------------------------------------------------------- IVF-PQ, then IVF-PQ FastScan
+    ivf = _ivf_sweep("ivfpq", f"nlist={plan['nlist']} pq_m={rc.pq_m} (8-bit)",
+                     IndexParams(kind="ivfpq", metric="ip", ivf_nlist=plan["nlist"], pq_m=rc.pq_m, refine_factor=max(plan["refine"])),
+                     items, queries, truth, plan, threads, figures)
     kinds.append("ivfpq")
-    figures["ivfpq_best"] = _best(rows)
-    del ivf
+    fast = _ivf_sweep("ivfpq_fastscan", f"nlist={plan['nlist']} pq_m={rc.fastscan_pq_m} (4-bit, bbs {rc.fastscan_bbs}, "
+                      f"by_residual {rc.fastscan_by_residual})",
+                      IndexParams.from_config(rc, kind="ivfpq_fastscan", metric="ip", ivf_nlist=plan["nlist"],
+                                              refine_factor=max(plan["refine"])),
+                      items, queries, truth, plan, threads, figures)
+    kinds.append("ivfpq_fastscan")
+
+    # ---------------------------------------------------------------- same run: the configured settings side by side
+    _compare({"ivfpq": ivf, "ivfpq_fastscan": fast}, queries, truth, truth_service, rc, threads, figures)
+    del ivf, fast
     gc.collect()
 
     for kind in kinds:
@@ -280,5 +352,9 @@ def run(quick: bool, config: Config) -> dict[str, Any]:
         "build_s": f"Wall time to build with {threads} FAISS threads (IVF-PQ: k-means training included).",
         "bytes": "faiss.serialize_index size plus the id map: the RAM the loaded index takes.",
         "best": "Among the sweep's settings with recall@100 >= goal, the one with the lowest p99.",
+        "compare": (f"Same run, ivfpq and ivfpq_fastscan at the configured nprobe / refine factor / refine budget, at "
+                    f"k={K} and k={K_SERVICE} (the embedding channel's ask in a 1,000-candidate recall_service request): "
+                    f"recall@k against exact top-k; latency of {min(N_QUERIES, 1000)} single queries, the two indexes "
+                    "taking turns in blocks of 20 queries (2 passes, p99_min as above)."),
     }
     return figures

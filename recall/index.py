@@ -22,7 +22,11 @@ Kinds (``RecallConfig.index_kind``):
     recall_service catalogue's own 1M vectors (generator latents, queries the mean of
     a user's last 20 clicks, same run): recall@830 0.980 vs 0.973, p50 1.54 vs 2.43 ms,
     p99 2.72 vs 3.74 ms. 32 x 4-bit codes (the 16 bytes of ivfpq's 16 x 8) were fast
-    but reached only recall@100 0.90 (0.92 by residual) at nprobe 128.
+    but reached only recall@100 0.90 (0.92 by residual) at nprobe 128. Not a win
+    everywhere: on ``bench ann --quick`` (200k items, 1024 lists, so nprobe 128 scans an
+    eighth of them) p50 was 0.68x at both k but p99 worse (k = 100: 3.0 vs 2.8 ms,
+    k = 830: 4.7 vs 4.0 ms, quiet machine); FAISS's other FastScan search
+    implementations (``implem`` 10, 12, 14) were slower than its default at both sizes.
 
 ``flat``
     Exact search (``IndexFlatIP``): the ground truth, and fine up to ~100k items.
