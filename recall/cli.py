@@ -54,7 +54,7 @@ def _root(args: argparse.Namespace, config: Any) -> Path:
 
 def _build_args(p: argparse.ArgumentParser) -> None:
     _name_arg(p)
-    p.add_argument("--kind", choices=("auto", "hnsw", "ivfpq", "flat"), default=None, help="index kind (default: config recall.index_kind)")
+    p.add_argument("--kind", choices=("auto", "hnsw", "ivfpq", "ivfpq_fastscan", "flat"), default=None, help="index kind (default: config recall.index_kind)")
     p.add_argument("--metric", choices=("ip", "cosine"), default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
