@@ -3,15 +3,17 @@
 A ranking request reads one user beside ~1,000 candidate items, and consecutive requests (of
 different users) read mostly the same items. Their rows are what costs: an item with live window
 state is a 2.7 KB string of tile rings, and 1,000 of them are ~5 ms of Redis transfer plus the
-window arithmetic. This cache holds, per read plan, a *snapshot*: every recently requested item's
+window arithmetic. This cache holds, per read plan, a *snapshot*: every recently reused item's
 decoded values (columns, statuses, event times) as of the moment it was read. A request takes its
 items from the snapshot with one dict lookup each and a numpy gather per column; items the
 snapshot lacks are read from Redis within the request, as without a cache, and join the next
 snapshot.
 
 Freshness is bounded, never traded silently: a background thread rebuilds each snapshot every
-`refresh_s` from the items requested since the last one (so the request path never waits for a
-refresh, and no item has a synchronised expiry storm), and a snapshot is served for at most `ttl_s`
+`refresh_s` from the items that proved reused since the last one -- served from the snapshot, or
+missed in two periods running -- so the request path never waits for a refresh, no item has a
+synchronised expiry storm, and a long tail of items asked for once (a 1M-item catalogue) is never
+re-read in the background (the refresh would otherwise double Redis reads), and a snapshot is served for at most `ttl_s`
 after its read began. Values served from it are therefore at most `ttl_s` old: windows and TTLs
 as of the snapshot's read, and a write or streamed event younger than that not seen yet. If
 refreshes fail or fall behind, the snapshot expires and every read goes to Redis again. This is the
@@ -62,16 +64,18 @@ class _Snapshot:
 
 
 class _Entry:
-    """A plan's live snapshot and the keys requested since it was built."""
+    """A plan's live snapshot, the keys served from it and those missed since it was built."""
 
-    __slots__ = ("plan", "join_key", "snapshot", "requested", "lock")
+    __slots__ = ("plan", "join_key", "snapshot", "hit", "missed", "missed_before", "lock")
 
     def __init__(self, plan: ReadPlan, join_key: str, now: float) -> None:
         self.plan = plan
         self.join_key = join_key
         self.snapshot = _Snapshot((), None, now)
-        self.requested: set[str] = set()
-        self.lock = threading.Lock()  # guards `requested` swaps against concurrent adds
+        self.hit: set[str] = set()  # served from the snapshot since the last refresh
+        self.missed: set[str] = set()  # read from Redis since the last refresh
+        self.missed_before: set[str] = set()  # missed in the period before (refresh thread only)
+        self.lock = threading.Lock()  # guards the sets' swaps against concurrent adds
 
 
 def _gather(source: Any, rows: np.ndarray, n: int, hit: np.ndarray | None, miss_pos: np.ndarray | None,
@@ -130,21 +134,27 @@ class SharedEntityCache:
         rows = np.fromiter(map(index.get, keys, itertools.repeat(-1)), dtype=np.intp, count=n)
         hit = rows >= 0
         n_hit = int(np.count_nonzero(hit))
-        with entry.lock:
-            entry.requested.update(keys)
         self.hits += n_hit
         self.misses += n - n_hit
         _HITS.inc(n_hit)
         _MISSES.inc(n - n_hit)
         if n_hit == n:
+            with entry.lock:
+                entry.hit.update(keys)
             columns = [_gather(c, rows, n, None, None, None) for c in snap.columns]
             status = snap.status[rows]
             event_ts = {v: ts[rows] for v, ts in snap.event_ts.items()}
         elif n_hit == 0:
+            with entry.lock:
+                entry.missed.update(keys)
             return self.store.read(plan, {join_key: keys}, now=now)
         else:
             miss_pos = np.flatnonzero(~hit)
-            missed = self.store.read(plan, {join_key: [keys[i] for i in miss_pos.tolist()]}, now=now)
+            miss_keys = [keys[i] for i in miss_pos.tolist()]
+            with entry.lock:
+                entry.hit.update(keys[i] for i in np.flatnonzero(hit).tolist())
+                entry.missed.update(miss_keys)
+            missed = self.store.read(plan, {join_key: miss_keys}, now=now)
             columns = [_gather(c, rows, n, hit, miss_pos, missed.column(r)) for c, r in zip(snap.columns, plan.refs)]
             status = _gather(snap.status, rows, n, hit, miss_pos, missed.status)
             event_ts = {v: _gather(ts, rows, n, hit, miss_pos, missed.event_ts[v]) for v, ts in snap.event_ts.items()}
@@ -165,12 +175,16 @@ class SharedEntityCache:
 
     # ------------------------------------------------------------- refreshes
     def refresh(self) -> None:
-        """Rebuild every plan's snapshot from the entities requested since its last rebuild (the thread's step)."""
+        """Rebuild every plan's snapshot from the entities that proved reused since its last rebuild (the thread's step)."""
         total = 0
         for entry in list(self._entries.values()):
             with entry.lock:
-                requested, entry.requested = entry.requested, set()
-            keys = list(itertools.islice(requested, self.max_entries))
+                hit, entry.hit = entry.hit, set()
+                missed, entry.missed = entry.missed, set()
+            again = missed & entry.missed_before
+            entry.missed_before = missed - again
+            wanted = hit | again
+            keys = list(itertools.islice(wanted, self.max_entries))
             started = self.clock()
             try:
                 result = self._read_chunked(entry, keys) if keys else None
@@ -179,7 +193,7 @@ class SharedEntityCache:
                 _log.warning("feature cache refresh of %d entities failed; the snapshot expires in <= %.1f s",
                              len(keys), self.ttl_s, exc_info=True)
                 with entry.lock:
-                    entry.requested.update(requested)
+                    entry.hit.update(wanted)
                 continue
             entry.snapshot = _Snapshot(keys, result, started)
             REFRESHES.labels("ok").inc()

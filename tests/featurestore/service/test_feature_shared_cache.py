@@ -33,10 +33,11 @@ def _client(seeded: SimpleNamespace, ttl_s: float = 1.0, refresh_s: float = 0.5,
 
 
 def _warm(seeded: SimpleNamespace, clock: Clock) -> FeatureClient:
-    """A cached client whose snapshot holds KEYS' items (read once, then refreshed)."""
+    """A cached client whose snapshot holds KEYS' items (missed in two periods running: reused)."""
     cached = _client(seeded, clock=clock)
-    cached.get_online_features(None, KEYS, FEATURES)
-    cached.shared_cache.refresh()
+    for _ in range(2):
+        cached.get_online_features(None, KEYS, FEATURES)
+        cached.shared_cache.refresh()
     return cached
 
 
@@ -51,7 +52,9 @@ def test_rows_from_the_cache_equal_rows_from_redis(seeded: SimpleNamespace, chun
     cached = _client(seeded, chunk_keys=chunk_keys)
     want = seeded.client.get_online_features(None, KEYS, FEATURES, now=seeded.now)
     cold = cached.get_online_features(None, KEYS, FEATURES, now=seeded.now)  # nothing cached yet: all from Redis
-    cached.shared_cache.refresh()
+    cached.shared_cache.refresh()  # asked for once: not worth a background read yet
+    cached.get_online_features(None, KEYS, FEATURES, now=seeded.now)
+    cached.shared_cache.refresh()  # missed in two periods running: reused, read into the snapshot
     warm = cached.get_online_features(None, KEYS, FEATURES, now=seeded.now)  # every item from the snapshot
     partial = cached.get_online_features(None, {"user_id": ["1"] * 3, "item_id": ["8", "5", "9"]}, FEATURES, now=seeded.now)
     for got in (cold, warm):
@@ -60,7 +63,7 @@ def test_rows_from_the_cache_equal_rows_from_redis(seeded: SimpleNamespace, chun
         assert got.event_ts_ms(FEATURES.index("item_stats:ctr")).tolist() == want.event_ts_ms(FEATURES.index("item_stats:ctr")).tolist()
     assert partial.to_rows() == seeded.client.get_online_features(
         None, {"user_id": ["1"] * 3, "item_id": ["8", "5", "9"]}, FEATURES, now=seeded.now).to_rows()
-    assert cached.shared_cache.hits == 4 + 1 and cached.shared_cache.misses == 4 + 2
+    assert cached.shared_cache.hits == 4 + 1 and cached.shared_cache.misses == 4 + 4 + 2
 
 
 def test_an_item_write_is_seen_at_the_next_refresh_and_users_are_always_read_fresh(seeded: SimpleNamespace) -> None:
@@ -88,15 +91,20 @@ def test_a_snapshot_is_never_served_past_the_ttl(seeded: SimpleNamespace) -> Non
     assert cached.shared_cache.hits == hits
 
 
-def test_refresh_keeps_only_items_requested_since_the_last_one(seeded: SimpleNamespace) -> None:
-    cached = _client(seeded)
-    cached.get_online_features(None, KEYS, FEATURES)
+def _snapshot_keys(client: FeatureClient) -> set[str]:
+    (entry,) = client.shared_cache._entries.values()
+    return set(entry.snapshot.index)
+
+
+def test_refresh_keeps_reused_items_and_never_reads_one_asked_for_once(seeded: SimpleNamespace) -> None:
+    cached = _warm(seeded, Clock())
+    assert _snapshot_keys(cached) == {"5", "6", "7"}
+    cached.get_online_features(None, {"user_id": ["1", "1"], "item_id": ["7", "9"]}, FEATURES)  # 7 served, 9 missed once
     cached.shared_cache.refresh()
-    cached.get_online_features(None, {"user_id": ["1"], "item_id": ["7"]}, FEATURES)
-    cached.shared_cache.refresh()  # 5 and 6 were not asked for since: dropped
-    before = cached.shared_cache.misses
-    cached.get_online_features(None, KEYS, FEATURES)
-    assert cached.shared_cache.misses - before == 3
+    assert _snapshot_keys(cached) == {"7"}  # 5 and 6 not asked for since: dropped; 9 not (yet) worth a background read
+    cached.get_online_features(None, {"user_id": ["1"], "item_id": ["9"]}, FEATURES)
+    cached.shared_cache.refresh()
+    assert _snapshot_keys(cached) == {"9"}  # missed in two periods running
 
 
 def test_non_string_keys_read_through(seeded: SimpleNamespace) -> None:
@@ -143,11 +151,13 @@ def test_from_config_builds_the_cache_only_when_asked(feature_config: Any, stack
 
 def test_ttl_is_measured_from_the_start_of_the_refresh_read(seeded: SimpleNamespace) -> None:
     clock = Clock()
-    cached = _client(seeded, clock=clock)
-    cached.get_online_features(None, KEYS, FEATURES)
+    cached = _warm(seeded, clock)
+    cached.get_online_features(None, KEYS, FEATURES)  # served from the snapshot: the next refresh reads them again
     slow_read = seeded.store.read
+    reads = []
 
     def read(*args: Any, **kwargs: Any) -> Any:
+        reads.append(clock.now)
         clock.now += 0.6  # the refresh's read takes 0.6 s
         return slow_read(*args, **kwargs)
 
@@ -156,7 +166,11 @@ def test_ttl_is_measured_from_the_start_of_the_refresh_read(seeded: SimpleNamesp
         cached.shared_cache.refresh()
     finally:
         del seeded.store.read
-    clock.now += 0.5  # 1.1 s after the read began, 0.5 s after it ended: expired
+    assert len(reads) == 1 and _snapshot_keys(cached) == {"5", "6", "7"}
+    clock.now += 0.3  # 0.9 s after the read began: still served
     hits = cached.shared_cache.hits
     cached.get_online_features(None, KEYS, FEATURES)
-    assert cached.shared_cache.hits == hits
+    assert cached.shared_cache.hits == hits + 4
+    clock.now += 0.2  # 1.1 s after the read began, 0.5 s after it ended: expired
+    cached.get_online_features(None, KEYS, FEATURES)
+    assert cached.shared_cache.hits == hits + 4
