@@ -71,8 +71,11 @@ candidates is 5.5-7.7 ms: 2.7 KB of tile rings per item, ~5 ms of it Redis trans
 shared-entity cache (``featurestore.shared_cache``, ``features.online_cache_ttl_ms`` 1 s, on for
 ranking's client): the candidates' item rows come decoded from an in-process snapshot that a
 background thread re-reads every 0.5 s, so item features may be up to 1 s old; the user's rows are
-always read. First run (other processes using 32% of the CPU): features 8.3 -> 2.3 ms mean, p50
-17.9 -> 11.3 ms with the cache off -> on, interleaved, hit rate 0.96.
+always read. ``bench rank_service`` (full, 14:06 UTC, nothing else running but the machine 20-30%
+slower than in the morning per ``bench baseline``): cache off -> on, two servers taking every request
+in turn, feature stage 14.0 -> 3.9 ms mean, p50 29.9 -> 19.3 ms, hit rate 0.995; the default
+configuration's sequential calls p50 11.2 / p99 25.5 ms (inference 4.9 ms of it): the p99 goal of
+15 ms is not met on that machine.
 
 Admin (ModelAdminService)
 -------------------------
