@@ -33,7 +33,6 @@ that vector is what keeps training and serving from skewing, so:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -43,8 +42,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.served_log import DEFAULT_TOPIC as FEATURES_TOPIC
-from featurestore.served_log import FORMAT as SERVED_FORMAT
-from featurestore.served_log import served_record
+from featurestore.served_log import decode_record, served_record
 
 _log = logging.getLogger("cascade.streaming.features")
 
@@ -100,11 +98,8 @@ class _Record:
 
 
 def _decode(raw: bytes) -> _Record | None:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return _Record(data) if isinstance(data, dict) and data.get("format") == SERVED_FORMAT else None
+    data = decode_record(raw)
+    return _Record(data) if data is not None else None
 
 
 class ServedFeatureCache:
