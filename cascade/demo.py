@@ -292,6 +292,31 @@ async def _run(smoke: bool, config: Config, env: dict[str, str]) -> int:
                 await server.stop()
             _stop_children(state)
             _step("stopped cleanly")
+            _exit_if_stuck(1 if sys.exc_info()[0] is not None else 0)
+
+
+EXIT_GRACE_S = 15.0
+
+
+def _exit_if_stuck(code: int) -> None:
+    """Leave the process at most EXIT_GRACE_S after the demo ended, printing any thread still running.
+
+    After "stopped cleanly", asyncio.run joins its worker threads with no limit (Python 3.11); in two
+    full test runs a finished demo never exited. Until the blocked thread is found, a daemon
+    watchdog prints every thread's stack and ends the process rather than leave it hanging.
+    """
+    import threading
+
+    def watch() -> None:
+        time.sleep(EXIT_GRACE_S)
+        import faulthandler
+
+        print(f"demo: still not exited {EXIT_GRACE_S:g} s after stopping; every thread's stack:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stdout.flush()
+        os._exit(code)
+
+    threading.Thread(target=watch, name="demo-exit-watchdog", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
